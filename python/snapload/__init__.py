@@ -1,0 +1,89 @@
+"""snapload: page-aligned weight snapshots that restore at the speed of the hardware.
+
+Importing ``snapload`` is light: torch is imported only when a function that needs it is first
+used, so ``snapload.prefetch()`` can start pulling a snapshot into memory while ``import torch``
+and model construction run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from snapload._native import FORMAT_VERSION
+from snapload.errors import (
+    BadMagicError,
+    CancelledError,
+    ChecksumMismatchError,
+    ConversionError,
+    CorruptHeaderError,
+    CudaUnavailableError,
+    MetaTensorError,
+    SnapshotError,
+    StateDictMismatchError,
+    TruncatedFileError,
+    UnsafeCheckpointError,
+    UnsupportedDtypeError,
+    UnsupportedVersionError,
+)
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported on first use (these modules import torch).
+_LAZY = {
+    "snapshot": "snapload._write",
+    "restore": "snapload._restore",
+    "open": "snapload._restore",
+    "SnapshotInfo": "snapload._restore",
+    "TensorInfo": "snapload._restore",
+    "restore_module": "snapload.module",
+    "init_empty_weights": "snapload.module",
+    "RestoreResult": "snapload.module",
+    "convert": "snapload.convert",
+}
+
+if TYPE_CHECKING:
+    from snapload._restore import SnapshotInfo, TensorInfo, open, restore
+    from snapload._write import snapshot
+    from snapload.convert import convert
+    from snapload.module import RestoreResult, init_empty_weights, restore_module
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'snapload' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "BadMagicError",
+    "CancelledError",
+    "ChecksumMismatchError",
+    "ConversionError",
+    "CorruptHeaderError",
+    "CudaUnavailableError",
+    "MetaTensorError",
+    "RestoreResult",
+    "SnapshotError",
+    "SnapshotInfo",
+    "StateDictMismatchError",
+    "TensorInfo",
+    "TruncatedFileError",
+    "UnsafeCheckpointError",
+    "UnsupportedDtypeError",
+    "UnsupportedVersionError",
+    "convert",
+    "init_empty_weights",
+    "open",
+    "restore",
+    "restore_module",
+    "snapshot",
+]

@@ -1,0 +1,119 @@
+"""``restore()`` and ``open()``: the tensor table, and tensors that are views of one mapping."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from snapload import _native
+from snapload.dtypes import to_torch
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    length: int
+    crc32c: int
+    alias_of: str | None
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """What a snapshot holds, read from its header alone (no tensor data is touched)."""
+
+    path: str
+    alignment: int
+    file_size: int
+    data_start: int
+    metadata: dict[str, str]
+    tensors: list[TensorInfo]
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tensors]
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(t.length for t in self.tensors if t.alias_of is None)
+
+
+def tensor_table(snap: _native.Snapshot) -> list[TensorInfo]:
+    return [
+        TensorInfo(name, dtype, tuple(shape), offset, length, crc, alias)
+        for name, dtype, shape, offset, length, crc, alias in snap.tensors()
+    ]
+
+
+def open(path: str | os.PathLike[str]) -> SnapshotInfo:  # noqa: A001 - mirrors builtins.open
+    """Read and validate a snapshot's header without loading any tensor."""
+    snap = _native.Snapshot(os.fspath(path))
+    return SnapshotInfo(
+        path=os.fspath(path),
+        alignment=snap.alignment,
+        file_size=snap.file_size,
+        data_start=snap.data_start,
+        metadata=snap.metadata,
+        tensors=tensor_table(snap),
+    )
+
+
+def views_of(
+    base: torch.Tensor, table: list[TensorInfo], *, shift: int = 0, path: object = None
+) -> dict[str, torch.Tensor]:
+    """Tensors as views of ``base`` (a flat uint8 tensor holding the file's bytes from offset
+    ``shift``). Aliases are the very same tensor object as their target, so tying survives."""
+    out: dict[str, torch.Tensor] = {}
+    for t in table:
+        if t.alias_of is not None:
+            out[t.name] = out[t.alias_of]
+            continue
+        dtype = to_torch(t.dtype, path=path, tensor=t.name)
+        if t.length == 0:
+            out[t.name] = torch.empty(t.shape, dtype=dtype, device=base.device)
+            continue
+        start = t.offset - shift
+        out[t.name] = base[start : start + t.length].view(dtype).view(t.shape)
+    return out
+
+
+def restore_cpu(path: str | os.PathLike[str], *, verify: bool = False, threads: int = 0) -> dict[str, torch.Tensor]:
+    snap = _native.Snapshot(os.fspath(path))
+    mapping = snap.map()
+    if verify:
+        snap.verify(mapping, threads)
+    # One uint8 tensor over the whole mapping; it holds a reference to `mapping`, and every
+    # tensor below is a view of it, so the mapping lives as long as any tensor does.
+    base = torch.frombuffer(mapping, dtype=torch.uint8)
+    return views_of(base, tensor_table(snap), path=path)
+
+
+def restore(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    *,
+    verify: bool = False,
+    threads: int = 0,
+    **cuda_options: int,
+) -> dict[str, torch.Tensor]:
+    """Restore every tensor of a snapshot onto ``device``.
+
+    On the CPU the file is mapped once, copy-on-write: each tensor is a view of the mapping (no
+    byte is copied), writable, and keeps the mapping alive. On ``cuda``/``cuda:N`` the file is
+    streamed through a bounded ring of pinned buffers into one device allocation (see
+    ``snapload.cuda``). ``verify=True`` checks every tensor's CRC32C, in parallel.
+    """
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        if cuda_options:
+            raise TypeError(f"options {sorted(cuda_options)} apply to CUDA restores only")
+        return restore_cpu(path, verify=verify, threads=threads)
+    if dev.type == "cuda":
+        from snapload import cuda
+
+        return cuda.restore(path, dev, verify=verify, threads=threads, **cuda_options)
+    raise ValueError(f"restore() supports 'cpu' and 'cuda[:N]' devices, not {str(dev)!r}")

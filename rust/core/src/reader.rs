@@ -1,0 +1,123 @@
+//! Opening a snapshot: the header is read and validated with plain reads before any mapping is
+//! made, so nothing later trusts the file blindly.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::{MmapMut, MmapOptions};
+
+use crate::checksum;
+use crate::error::{Error, IoContext, Result};
+use crate::header::{parse_preamble, Header, PREAMBLE_LEN};
+
+/// An open snapshot: the validated header and the open file it came from. The file stays open
+/// for as long as this (and any mapping made from it) lives, so a rename over the path while
+/// tensors are in use changes nothing for them.
+pub struct Snapshot {
+    path: PathBuf,
+    file: File,
+    header: Header,
+    header_len: u64,
+}
+
+impl Snapshot {
+    pub fn open(path: &Path) -> Result<Snapshot> {
+        let file = File::open(path).at(path, "open")?;
+        let meta = file.metadata().at(path, "stat")?;
+        if !meta.is_file() {
+            return Err(Error::io(path, "open", std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
+        }
+        let size = meta.len();
+        let mut preamble = vec![0u8; PREAMBLE_LEN.min(size) as usize];
+        file.read_exact_at(&mut preamble, 0).at(path, "read preamble")?;
+        let pre = parse_preamble(path, &preamble, size)?;
+        let mut json = vec![0u8; pre.header_len as usize];
+        file.read_exact_at(&mut json, PREAMBLE_LEN).at(path, "read header")?;
+        let header = Header::parse(path, pre, &json, size)?;
+        Ok(Snapshot { path: path.to_owned(), file, header, header_len: pre.header_len })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn data_start(&self) -> u64 {
+        self.header.data_start(self.header_len)
+    }
+
+    /// Map the whole file copy-on-write: pages are shared with the page cache until written, and
+    /// writes never reach the file.
+    pub fn map_private(&self) -> Result<Mapping> {
+        self.check_size_unchanged()?;
+        // SAFETY: MAP_PRIVATE of a file we hold open. The format's contract (docs/format.md) is that
+        // snapshots are immutable and replaced by rename, never rewritten in place; we checked the
+        // size still matches the validated header just above, so every validated offset is mapped.
+        let map = unsafe { MmapOptions::new().len(self.header.file_size as usize).map_copy(&self.file) }
+            .at(&self.path, "mmap")?;
+        Ok(Mapping { map, file: self.file.try_clone().at(&self.path, "dup file descriptor")? })
+    }
+
+    fn check_size_unchanged(&self) -> Result<()> {
+        let now = self.file.metadata().at(&self.path, "stat")?.len();
+        if now < self.header.file_size {
+            return Err(Error::truncated(&self.path, format!("file shrank to {now} bytes after it was opened")));
+        }
+        Ok(())
+    }
+
+    /// Check every tensor's checksum against `data` (the file's bytes, normally the mapping), in
+    /// parallel; aliases share their target's bytes and are checked once.
+    pub fn verify(&self, data: &[u8], threads: usize) -> Result<()> {
+        assert_eq!(data.len() as u64, self.header.file_size, "verify needs the whole file");
+        let owners: Vec<_> = self.header.tensors.iter().filter(|t| t.alias_of.is_none()).collect();
+        let regions: Vec<&[u8]> = owners.iter().map(|t| &data[t.offset as usize..t.end() as usize]).collect();
+        let threads = if threads == 0 { checksum::default_threads() } else { threads };
+        let crcs = checksum::parallel_crc32c(&regions, threads, 8 << 20);
+        for (t, actual) in owners.iter().zip(crcs) {
+            if actual != t.crc32c {
+                return Err(Error::ChecksumMismatch { path: self.path.clone(), tensor: t.name.clone(), expected: t.crc32c, actual });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A private (copy-on-write) mapping of a whole snapshot file. It owns a descriptor of the file,
+/// so it stays valid whatever happens to the path.
+pub struct Mapping {
+    map: MmapMut,
+    #[allow(dead_code)] // held only to keep the inode open
+    file: File,
+}
+
+impl Mapping {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.map
+    }
+
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Hint the kernel about how a byte range will be used (see `residency::Advice`).
+    pub fn advise(&self, advice: memmap2::Advice, offset: usize, len: usize) -> std::io::Result<()> {
+        self.map.advise_range(advice, offset, len)
+    }
+}

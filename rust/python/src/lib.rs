@@ -1,0 +1,20 @@
+//! `snapload._native`: argument conversion and error mapping over `snapload-core`. All policy
+//! (torch, devices, CUDA) lives in the Python package above.
+
+mod errors;
+mod gil;
+mod snapshot;
+mod writer;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    errors::register(m)?;
+    m.add_class::<snapshot::PySnapshot>()?;
+    m.add_class::<snapshot::PyMapping>()?;
+    m.add_class::<writer::PyWriter>()?;
+    m.add("FORMAT_VERSION", snapload_core::header::FORMAT_VERSION)?;
+    m.add("DTYPES", snapload_core::Dtype::ALL.iter().map(|d| d.name()).collect::<Vec<_>>())?;
+    Ok(())
+}
