@@ -27,6 +27,8 @@ from snapload.errors import (
     UnsupportedVersionError,
 )
 
+from snapload.prefetch import Residency, evict, prefetch, residency
+
 __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first use (these modules import torch).
@@ -64,6 +66,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "FORMAT_VERSION",
+    "Residency",
     "BadMagicError",
     "CancelledError",
     "ChecksumMismatchError",
@@ -81,8 +84,11 @@ __all__ = [
     "UnsupportedDtypeError",
     "UnsupportedVersionError",
     "convert",
+    "evict",
     "init_empty_weights",
     "open",
+    "prefetch",
+    "residency",
     "restore",
     "restore_module",
     "snapshot",

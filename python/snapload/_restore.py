@@ -63,12 +63,13 @@ def open(path: str | os.PathLike[str]) -> SnapshotInfo:  # noqa: A001 - mirrors 
 
 
 def views_of(
-    base: torch.Tensor, table: list[TensorInfo], *, shift: int = 0, path: object = None
+    base: torch.Tensor, table: list[TensorInfo], offsets: list[int] | None = None, *, path: object = None
 ) -> dict[str, torch.Tensor]:
-    """Tensors as views of ``base`` (a flat uint8 tensor holding the file's bytes from offset
-    ``shift``). Aliases are the very same tensor object as their target, so tying survives."""
+    """Tensors as views of ``base``, a flat uint8 tensor: at each tensor's file offset (``base``
+    holds the whole file) or at ``offsets[i]`` (a device arena laid out by the pipeline). Aliases
+    are the very same tensor object as their target, so tying survives."""
     out: dict[str, torch.Tensor] = {}
-    for t in table:
+    for i, t in enumerate(table):
         if t.alias_of is not None:
             out[t.name] = out[t.alias_of]
             continue
@@ -76,7 +77,7 @@ def views_of(
         if t.length == 0:
             out[t.name] = torch.empty(t.shape, dtype=dtype, device=base.device)
             continue
-        start = t.offset - shift
+        start = t.offset if offsets is None else offsets[i]
         out[t.name] = base[start : start + t.length].view(dtype).view(t.shape)
     return out
 

@@ -70,12 +70,21 @@ def plan_tensors(items: Iterable[tuple[str, torch.Tensor]]) -> list[PlannedTenso
     return planned
 
 
-def as_bytes(t: torch.Tensor) -> Any:
-    """A contiguous CPU tensor's bytes as a numpy uint8 array (a view, no copy)."""
+def flat_bytes(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor's bytes as a flat uint8 tensor (a view, no copy)."""
     flat = t.detach().reshape(-1)
+    if flat.numel() <= 1:
+        # torch calls empty and one-element tensors contiguous whatever their stride (a row
+        # sliced with a step keeps stride 2), and then refuses to view them as bytes; restride.
+        flat = flat.as_strided((flat.numel(),), (1,))
     if flat.dtype != torch.uint8:
         flat = flat.view(torch.uint8)
-    return flat.numpy()
+    return flat
+
+
+def as_bytes(t: torch.Tensor) -> Any:
+    """A contiguous CPU tensor's bytes as a numpy uint8 array (a view, no copy)."""
+    return flat_bytes(t).numpy()
 
 
 def state_items(obj: torch.nn.Module | Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
@@ -162,7 +171,7 @@ def _write_staged(
     writer: Any, index: int, t: torch.Tensor, staging: torch.Tensor | None, staging_bytes: int
 ) -> torch.Tensor:
     """Copy a device tensor to the host through one reusable (pinned, when CUDA is up) buffer."""
-    flat = t.detach().contiguous().reshape(-1).view(torch.uint8)
+    flat = flat_bytes(t.contiguous())
     if staging is None:
         pin = t.device.type == "cuda"
         staging = torch.empty(staging_bytes, dtype=torch.uint8, pin_memory=pin)

@@ -284,6 +284,14 @@ impl Header {
                 .ok_or_else(|| bad(format!("bytes {}..+{} lie outside the {}-byte file", t.offset, t.length, self.file_size)))?;
             prev_end = end;
         }
+        // The format ends the file at the last tensor's bytes (or at the data start when there are
+        // none): trailing bytes counted in `file_size` would otherwise go unnoticed.
+        if self.file_size != prev_end {
+            return Err(Error::corrupt(
+                path,
+                format!("header records {} bytes but the tensors end at {prev_end}", self.file_size),
+            ));
+        }
         Ok(())
     }
 

@@ -75,7 +75,9 @@ pub fn plan(specs: &[TensorSpec], alignment: u64, metadata: BTreeMap<String, Str
             }
             let t = &mut header.tensors[i];
             t.offset = cursor;
-            cursor = round_up(cursor + t.length, alignment)
+            cursor = cursor
+                .checked_add(t.length)
+                .and_then(|end| round_up(end, alignment))
                 .ok_or_else(|| arg("snapshot size overflows".into()))?;
         }
         // The file ends right after the last tensor's bytes, not at the padded cursor.

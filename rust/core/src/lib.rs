@@ -6,7 +6,9 @@ pub mod dtype;
 pub mod error;
 pub mod header;
 pub mod layout;
+pub mod pipeline;
 pub mod reader;
+pub mod residency;
 pub mod writer;
 
 pub use dtype::Dtype;

@@ -3,6 +3,8 @@
 
 mod errors;
 mod gil;
+mod pipeline;
+mod residency;
 mod snapshot;
 mod writer;
 
@@ -14,6 +16,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<snapshot::PySnapshot>()?;
     m.add_class::<snapshot::PyMapping>()?;
     m.add_class::<writer::PyWriter>()?;
+    m.add_class::<pipeline::PyRing>()?;
+    m.add_class::<pipeline::PyPipeline>()?;
+    m.add_class::<residency::PyPrefetch>()?;
+    m.add_function(wrap_pyfunction!(residency::residency, m)?)?;
+    m.add_function(wrap_pyfunction!(residency::evict, m)?)?;
     m.add("FORMAT_VERSION", snapload_core::header::FORMAT_VERSION)?;
     m.add("DTYPES", snapload_core::Dtype::ALL.iter().map(|d| d.name()).collect::<Vec<_>>())?;
     Ok(())

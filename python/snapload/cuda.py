@@ -1,0 +1,218 @@
+"""GPU restore: the Rust read pipeline into one device allocation, copied with cuda-python.
+
+Reader threads (Rust, GIL released) fill a bounded ring of page-locked host buffers; each filled
+buffer is copied with ``cuMemcpyHtoDAsync`` on one of a few streams, an event is recorded after
+it, and the buffer goes back to the readers only once that event has completed. All tensors are
+views of one ``torch.empty`` device allocation (the arena), so no device-to-device copy follows
+the DMA, and torch's allocator frees the arena when the last tensor using it is gone.
+
+The reader threads start before CUDA is initialised, so context creation (hundreds of ms) and
+the first reads overlap.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from typing import Any
+
+import torch
+
+from snapload import _native
+from snapload._pipeline import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_SLOTS,
+    PipelineStats,
+    check_options,
+    default_threads,
+    drive,
+    shared_ring,
+)
+from snapload._restore import tensor_table, views_of
+from snapload.errors import CudaUnavailableError, SnapshotError
+
+DEFAULT_STREAMS = 2
+
+
+class CudaError(SnapshotError):
+    """A CUDA driver call failed during a restore."""
+
+
+def load_driver() -> Any:
+    """cuda-python's driver bindings (``cuda.bindings.driver``; ``cuda.cuda`` before 12.6)."""
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        try:
+            from cuda import cuda as driver  # type: ignore[no-redef]
+        except ImportError:
+            raise CudaUnavailableError(
+                "GPU restore needs cuda-python: pip install 'snapload[cuda]' (or cuda-python)"
+            ) from None
+    return driver
+
+
+def check(cu: Any, result: Any, what: str) -> Any:
+    """Unpack a cuda-python ``(CUresult, *values)`` tuple, raising on failure."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != cu.CUresult.CUDA_SUCCESS:
+        _, name = cu.cuGetErrorName(err)
+        raise CudaError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}")
+    return values[0] if len(values) == 1 else values
+
+
+class CudaCopyEngine:
+    """Async host-to-device copies from ring slots into ``arena_address``, round-robin over a
+    few streams, one event per slot."""
+
+    def __init__(self, cu: Any, arena_address: int, arena_size: int, slots: int, streams: int = DEFAULT_STREAMS):
+        self.cu = cu
+        self.arena_address = arena_address
+        self.arena_size = arena_size
+        self.streams = [
+            check(cu, cu.cuStreamCreate(cu.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate")
+            for _ in range(max(1, streams))
+        ]
+        self.events = [
+            check(cu, cu.cuEventCreate(cu.CUevent_flags.CU_EVENT_DISABLE_TIMING), "cuEventCreate")
+            for _ in range(slots)
+        ]
+        self._in_flight: collections.deque[int] = collections.deque()
+        self._next_stream = 0
+
+    def copy(self, slot: int, host_address: int, dst_offset: int, length: int) -> None:
+        if dst_offset + length > self.arena_size:
+            raise ValueError(f"copy of {length} bytes at {dst_offset} overruns the {self.arena_size}-byte arena")
+        cu = self.cu
+        stream = self.streams[self._next_stream]
+        self._next_stream = (self._next_stream + 1) % len(self.streams)
+        dst = cu.CUdeviceptr(self.arena_address + dst_offset)
+        check(cu, cu.cuMemcpyHtoDAsync(dst, host_address, length, stream), "cuMemcpyHtoDAsync")
+        check(cu, cu.cuEventRecord(self.events[slot], stream), "cuEventRecord")
+        self._in_flight.append(slot)
+
+    def completed(self) -> list[int]:
+        cu = self.cu
+        done = []
+        while self._in_flight:
+            (err,) = cu.cuEventQuery(self.events[self._in_flight[0]])
+            if err == cu.CUresult.CUDA_ERROR_NOT_READY:
+                break
+            check(cu, (err,), "cuEventQuery")
+            done.append(self._in_flight.popleft())
+        return done
+
+    def wait_oldest(self) -> int:
+        slot = self._in_flight.popleft()
+        check(self.cu, self.cu.cuEventSynchronize(self.events[slot]), "cuEventSynchronize")
+        return slot
+
+    def drain(self) -> list[int]:
+        done = []
+        while self._in_flight:
+            done.append(self.wait_oldest())
+        return done
+
+    def close(self) -> None:
+        cu = self.cu
+        for e in self.events:
+            cu.cuEventDestroy(e)
+        for s in self.streams:
+            cu.cuStreamDestroy(s)
+        self.events, self.streams = [], []
+
+
+_REGISTERED: set[int] = set()
+
+
+def pin_ring(cu: Any, ring: _native.Ring) -> bool:
+    """Page-lock the ring's buffers once per process (pinning runs at only a few GB/s, so it is
+    never redone per restore). Returns False, copies then being pageable, if the driver refuses."""
+    if id(ring) in _REGISTERED:
+        return True
+    flags = cu.CU_MEMHOSTREGISTER_PORTABLE if hasattr(cu, "CU_MEMHOSTREGISTER_PORTABLE") else 1
+    for address in ring.addresses:
+        (err,) = cu.cuMemHostRegister(address, ring.slot_size, flags)
+        if err != cu.CUresult.CUDA_SUCCESS:
+            return False
+    _REGISTERED.add(id(ring))
+    return True
+
+
+def _allocate_arena(nbytes: int, device: torch.device, path: object) -> torch.Tensor:
+    try:
+        return torch.empty(nbytes, dtype=torch.uint8, device=device)
+    except torch.OutOfMemoryError:
+        free, total = torch.cuda.mem_get_info(device)
+        raise CudaUnavailableError(
+            f"{path}: out of device memory on {device}: the snapshot needs {nbytes / 2**30:.2f} GiB, "
+            f"{free / 2**30:.2f} GiB of {total / 2**30:.2f} GiB are free"
+        ) from None
+
+
+def _resolve(device: torch.device) -> torch.device:
+    if not torch.cuda.is_available():
+        raise CudaUnavailableError(
+            f"CUDA restore to {device} asked for, but torch sees no CUDA device "
+            "(no NVIDIA driver, no GPU, or a CPU-only torch build)"
+        )
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise CudaUnavailableError(f"no CUDA device {index}: only {torch.cuda.device_count()} present")
+    return torch.device("cuda", index)
+
+
+def restore_with_stats(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cuda",
+    *,
+    verify: bool = False,
+    threads: int = 0,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    slots: int = DEFAULT_SLOTS,
+    streams: int = DEFAULT_STREAMS,
+    read_mode: str = "auto",
+) -> tuple[dict[str, torch.Tensor], PipelineStats]:
+    """``restore`` to a CUDA device, also returning what ran: bytes per read path, seconds, GB/s."""
+    check_options(chunk_bytes, slots, read_mode)
+    start = time.perf_counter()
+    cu = load_driver()
+    dev = _resolve(torch.device(device))
+    snap = _native.Snapshot(os.fspath(path))
+    ring = shared_ring(slots, chunk_bytes)
+    # Readers start now, while the CUDA context and the arena are being set up below.
+    pipeline = _native.Pipeline(snap, ring, threads or default_threads(), read_mode, verify)
+    engine = None
+    try:
+        arena = _allocate_arena(pipeline.arena_size, dev, path)
+        with torch.cuda.device(dev):
+            pinned = pin_ring(cu, ring)
+            engine = CudaCopyEngine(cu, arena.data_ptr(), arena.numel(), ring.slots, streams)
+            stats = drive(pipeline, ring, engine)
+    except BaseException:
+        pipeline.cancel()
+        raise
+    finally:
+        if engine is not None:
+            engine.close()
+    stats.extra.update(pinned=pinned, seconds=time.perf_counter() - start, device=str(dev))
+    return views_of(arena, tensor_table(snap), pipeline.dst_offsets, path=path), stats
+
+
+def restore(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cuda",
+    *,
+    verify: bool = False,
+    threads: int = 0,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    slots: int = DEFAULT_SLOTS,
+    streams: int = DEFAULT_STREAMS,
+    read_mode: str = "auto",
+) -> dict[str, torch.Tensor]:
+    tensors, _ = restore_with_stats(
+        path, device, verify=verify, threads=threads, chunk_bytes=chunk_bytes, slots=slots,
+        streams=streams, read_mode=read_mode,
+    )
+    return tensors

@@ -1,0 +1,186 @@
+//! What of a file is in the page cache (mincore), pushing it out (fadvise DONTNEED), and pulling
+//! it in ahead of use with parallel kernel readahead (no copy into user space).
+
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use memmap2::MmapOptions;
+
+use crate::error::{Error, IoContext, Result};
+
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as u64 } else { 4096 }
+}
+
+/// Bytes of `file[offset..offset+len]` resident in the page cache, counted by whole pages.
+/// Maps the range read-only and asks `mincore`; nothing is faulted in.
+pub fn resident_bytes(file: &File, path: &Path, offset: u64, len: u64) -> Result<u64> {
+    if len == 0 {
+        return Ok(0);
+    }
+    let page = page_size();
+    let start = offset / page * page;
+    let map_len = (offset + len - start) as usize;
+    // SAFETY: a shared read-only mapping that we never read through: it exists only so that
+    // mincore can be asked about its pages, so a concurrent truncation cannot fault us.
+    let map = unsafe { MmapOptions::new().offset(start).len(map_len).map(file) }.at(path, "mmap for mincore")?;
+    mapped_resident_bytes(&map, offset - start, len).map_err(|e| Error::io(path, "mincore", e))
+}
+
+/// Bytes of `map[offset..offset+len]` whose pages are resident. `map` must start on a page
+/// boundary (every mmap does).
+pub fn mapped_resident_bytes(map: &[u8], offset: u64, len: u64) -> std::io::Result<u64> {
+    assert!(offset.checked_add(len).is_some_and(|end| end <= map.len() as u64), "range inside the mapping");
+    if len == 0 {
+        return Ok(0);
+    }
+    let page = page_size();
+    let first = offset / page * page;
+    let span = (offset + len - first) as usize;
+    let mut vec = vec![0u8; span.div_ceil(page as usize)];
+    // SAFETY: `map[first..first+span]` lies inside a live mapping (asserted above, rounded down
+    // to a page boundary, which stays inside because mappings start on one) and `vec` holds one
+    // byte per page of it, as mincore requires.
+    let rc = unsafe { libc::mincore(map.as_ptr().add(first as usize) as *mut libc::c_void, span, vec.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // Count each resident page's overlap with the range (the first and last may be partial).
+    let end = offset + len;
+    Ok(vec
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b & 1 == 1)
+        .map(|(i, _)| {
+            let p0 = first + i as u64 * page;
+            (p0 + page).min(end) - p0.max(offset)
+        })
+        .sum())
+}
+
+/// (resident bytes, file size) of a whole file.
+pub fn residency(path: &Path) -> Result<(u64, u64)> {
+    let file = File::open(path).at(path, "open")?;
+    let size = file.metadata().at(path, "stat")?.len();
+    Ok((resident_bytes(&file, path, 0, size)?, size))
+}
+
+/// Ask the kernel to drop a file's clean pages from the page cache (a cold-start benchmark's
+/// eviction; pages other processes map stay).
+pub fn evict(path: &Path) -> Result<()> {
+    let file = File::open(path).at(path, "open")?;
+    // SAFETY: fadvise on a descriptor we own; length 0 means to the end of the file.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        return Err(Error::io(path, "posix_fadvise(DONTNEED)", std::io::Error::from_raw_os_error(rc)));
+    }
+    Ok(())
+}
+
+/// Background threads that pull a file into the page cache with `readahead(2)`, chunk by chunk,
+/// in parallel. Made to run while `import torch` and model construction do.
+pub struct Prefetch {
+    path: PathBuf,
+    total: u64,
+    done: Arc<AtomicU64>,
+    cancel: Arc<AtomicBool>,
+    workers: Mutex<Vec<JoinHandle<std::io::Result<()>>>>,
+}
+
+impl Prefetch {
+    pub fn start(path: &Path, threads: usize, chunk: u64) -> Result<Prefetch> {
+        let file = Arc::new(File::open(path).at(path, "open")?);
+        let total = file.metadata().at(path, "stat")?.len();
+        let chunk = chunk.max(1 << 20);
+        let next = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicU64::new(0));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let workers = (0..threads.max(1))
+            .map(|_| {
+                let (file, next, done, cancel) = (file.clone(), next.clone(), done.clone(), cancel.clone());
+                std::thread::Builder::new()
+                    .name("snapload-prefetch".into())
+                    .spawn(move || -> std::io::Result<()> {
+                        while !cancel.load(Ordering::Relaxed) {
+                            let at = next.fetch_add(chunk, Ordering::Relaxed);
+                            if at >= total {
+                                break;
+                            }
+                            let len = chunk.min(total - at);
+                            pull_into_cache(&file, at, len)?;
+                            done.fetch_add(len, Ordering::Relaxed);
+                        }
+                        Ok(())
+                    })
+                    .expect("spawn prefetch thread")
+            })
+            .collect();
+        Ok(Prefetch { path: path.to_owned(), total, done, cancel, workers: Mutex::new(workers) })
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    pub fn bytes_done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed).min(self.total)
+    }
+
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Wait for every worker; the first I/O error is returned.
+    pub fn wait(&self) -> Result<()> {
+        let workers = std::mem::take(&mut *self.workers.lock().expect("no panics while held"));
+        let mut first = None;
+        for w in workers {
+            if let Err(e) = w.join().expect("prefetch thread panicked") {
+                first.get_or_insert(e);
+            }
+        }
+        match first {
+            Some(e) => Err(Error::io(&self.path, "prefetch", e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.cancel();
+        let _ = self.wait();
+    }
+}
+
+/// Fill the page cache for `file[offset..offset+len]` and wait until it is there, without
+/// copying to user space: a shared read-only mapping of the range is populated with
+/// `MADV_POPULATE_READ` (Linux 5.14+; `readahead(2)` alone returns before the I/O completes).
+/// Where that is refused, a plain read into a scratch buffer does the job.
+fn pull_into_cache(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let page = page_size();
+    let start = offset / page * page;
+    // SAFETY: a shared read-only mapping of a range of a file we hold open. We never read
+    // through it: the kernel populates it and reports failure (not SIGBUS) for a range past EOF.
+    let map = unsafe { MmapOptions::new().offset(start).len((offset + len - start) as usize).map(file) }?;
+    if map.advise(memmap2::Advice::PopulateRead).is_ok() {
+        return Ok(());
+    }
+    use std::os::unix::fs::FileExt;
+    let mut scratch = vec![0u8; (1 << 20).min(len as usize)];
+    let mut at = offset;
+    while at < offset + len {
+        let n = file.read_at(&mut scratch, at)?;
+        if n == 0 {
+            break;
+        }
+        at += n as u64;
+    }
+    Ok(())
+}

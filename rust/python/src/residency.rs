@@ -1,0 +1,56 @@
+//! Page-cache residency, eviction and background prefetch, for `snapload warm/status` and
+//! `snapload.prefetch()`. None of this needs torch.
+
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+use snapload_core::residency as core;
+
+use crate::gil::without_gil;
+
+/// `(resident_bytes, file_size)` of a file, from mincore; touches no data.
+#[pyfunction]
+pub fn residency(py: Python<'_>, path: PathBuf) -> PyResult<(u64, u64)> {
+    without_gil(py, || core::residency(&path))
+}
+
+/// Drop a file's clean pages from the page cache (posix_fadvise DONTNEED).
+#[pyfunction]
+pub fn evict(py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    without_gil(py, || core::evict(&path))
+}
+
+#[pyclass(name = "Prefetch", module = "snapload._native", frozen)]
+pub struct PyPrefetch {
+    inner: core::Prefetch,
+}
+
+#[pymethods]
+impl PyPrefetch {
+    /// Start `threads` background readers pulling `path` into the page cache, `chunk` bytes at a time.
+    #[new]
+    #[pyo3(signature = (path, threads=4, chunk=64 << 20))]
+    fn new(py: Python<'_>, path: PathBuf, threads: usize, chunk: u64) -> PyResult<Self> {
+        let inner = without_gil(py, || core::Prefetch::start(&path, threads, chunk))?;
+        Ok(PyPrefetch { inner })
+    }
+
+    #[getter]
+    fn total(&self) -> u64 {
+        self.inner.total()
+    }
+
+    #[getter]
+    fn bytes_done(&self) -> u64 {
+        self.inner.bytes_done()
+    }
+
+    fn cancel(&self) {
+        self.inner.cancel();
+    }
+
+    /// Block (GIL released) until the whole file was pulled in.
+    fn wait(&self, py: Python<'_>) -> PyResult<()> {
+        without_gil(py, || self.inner.wait())
+    }
+}
