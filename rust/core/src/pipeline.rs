@@ -586,3 +586,53 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{plan, TensorSpec};
+    use crate::Dtype;
+
+    fn header(alignment: u64, lens: &[u64]) -> Header {
+        let specs: Vec<TensorSpec> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| TensorSpec { name: format!("t{i}"), dtype: Dtype::U8, shape: vec![n], alias_of: None })
+            .collect();
+        plan(&specs, alignment, Default::default()).unwrap().header
+    }
+
+    #[test]
+    fn arena_mirrors_a_4k_aligned_file_as_one_span() {
+        let h = header(4096, &[10, 5000, 0, 4096, 1]);
+        let a = arena_layout(&h);
+        assert_eq!(a.spans.len(), 1, "contiguous tensors merge: {:?}", a.spans);
+        let base = h.tensors[0].offset;
+        for (t, &dst) in h.tensors.iter().zip(&a.dst_offsets) {
+            assert_eq!(dst % ARENA_ALIGN, 0);
+            if t.length > 0 {
+                assert_eq!(t.offset - base, dst);
+            }
+        }
+        assert_eq!(a.arena_size, h.tensors[4].end() - base);
+    }
+
+    #[test]
+    fn large_alignment_is_compacted_in_the_arena() {
+        let h = header(2 << 20, &[10, 5000, 3]);
+        let a = arena_layout(&h);
+        assert_eq!(a.dst_offsets, vec![0, 4096, 4096 + 8192]);
+        assert_eq!(a.spans.len(), 3);
+        assert_eq!(a.arena_size, 4096 + 8192 + 3);
+    }
+
+    #[test]
+    fn chunks_tile_spans_on_direct_io_boundaries() {
+        let spans = [Span { file_offset: 8192, dst_offset: 0, len: 3 * 4096 + 17 }, Span { file_offset: 1 << 20, dst_offset: 20480, len: 5 }];
+        let chunks = chunk_spans(&spans, 8192);
+        assert_eq!(chunks.len(), 3);
+        assert!(chunks.iter().all(|c| c.file_offset % DIRECT_ALIGN as u64 == 0 && c.len <= 8192));
+        assert_eq!(chunks.iter().map(|c| c.len).sum::<u64>(), spans.iter().map(|s| s.len).sum::<u64>());
+        assert_eq!(chunks[1], Span { file_offset: 16384, dst_offset: 8192, len: 4096 + 17 });
+    }
+}

@@ -104,12 +104,11 @@ impl PyPipeline {
         self.with(|p| p.release(slot)).map_err(to_pyerr)
     }
 
-    fn cancel(&self) -> PyResult<()> {
-        self.with(|p| {
+    /// Stop the readers; a no-op once finished, so error paths may always call it.
+    fn cancel(&self) {
+        if let Some(p) = self.inner.read().expect("pipeline lock poisoned").as_ref() {
             p.cancel();
-            Ok(())
-        })
-        .map_err(to_pyerr)
+        }
     }
 
     /// Join the readers, check checksums (with verify) and return byte counts per read path.
