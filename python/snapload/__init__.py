@@ -41,13 +41,13 @@ _LAZY = {
     "restore_module": "snapload.module",
     "init_empty_weights": "snapload.module",
     "RestoreResult": "snapload.module",
-    "convert": "snapload.convert",
+    "convert": "snapload._convert",
 }
 
 if TYPE_CHECKING:
     from snapload._restore import SnapshotInfo, TensorInfo, open, restore
     from snapload._write import snapshot
-    from snapload.convert import convert
+    from snapload._convert import convert
     from snapload.module import RestoreResult, init_empty_weights, restore_module
 
 

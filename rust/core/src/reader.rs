@@ -25,6 +25,9 @@ impl Snapshot {
     pub fn open(path: &Path) -> Result<Snapshot> {
         let file = File::open(path).at(path, "open")?;
         let meta = file.metadata().at(path, "stat")?;
+        if meta.is_dir() {
+            return Err(Error::io(path, "open", std::io::Error::from_raw_os_error(libc::EISDIR)));
+        }
         if !meta.is_file() {
             return Err(Error::io(path, "open", std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
         }

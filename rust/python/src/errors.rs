@@ -43,7 +43,8 @@ fn io_error(path: &str, op: &str, source: std::io::Error) -> PyErr {
         // OSError(errno, ...) itself picks the subclass for the errno (ENOENT -> FileNotFoundError).
         return PyOSError::new_err((errno, text, path.to_owned()));
     }
-    let args = (text, path.to_owned());
+    // (errno, strerror, filename) with errno None, so .strerror and .filename are set right.
+    let args = (None::<i32>, text, path.to_owned());
     match source.kind() {
         ErrorKind::NotFound => PyFileNotFoundError::new_err(args),
         ErrorKind::PermissionDenied => PyPermissionError::new_err(args),
