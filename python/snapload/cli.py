@@ -29,6 +29,9 @@ COMMANDS: tuple[str, ...] = (
     "snapload.cli:register_convert",
     "snapload.cli:register_inspect",
     "snapload.cli:register_verify",
+    "snapload._cli_cache:register_warm",
+    "snapload._cli_cache:register_status",
+    "snapload._cli_cache:register_bench",
 )
 
 

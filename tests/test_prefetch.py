@@ -1,0 +1,63 @@
+"""prefetch / residency / evict and the `warm` and `status` commands; the light import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import snapload
+from snapload.cli import main
+
+
+@pytest.fixture()
+def snap(tmp_path) -> str:
+    path = str(tmp_path / "w.snap")
+    snapload.snapshot({f"t{i}": torch.randn(256, 1024) for i in range(8)}, path)
+    return path
+
+
+def _evicted(path: str) -> bool:
+    snapload.evict(path)
+    return snapload.residency(path).resident_bytes == 0
+
+
+def test_prefetch_makes_the_file_resident_and_reports_progress(snap: str) -> None:
+    if not _evicted(snap):
+        pytest.skip("this file system keeps pages cached after posix_fadvise(DONTNEED)")
+    handle = snapload.prefetch(snap, threads=3, chunk_bytes=1 << 20)
+    handle.wait()
+    assert handle.bytes_done == handle.total == snapload.residency(snap).size
+    assert snapload.residency(snap).fraction == 1.0
+
+
+def test_prefetch_of_a_missing_file_raises_file_not_found(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError) as e:
+        snapload.prefetch(tmp_path / "nope.snap")
+    assert e.value.filename.endswith("nope.snap")
+
+
+def test_warm_and_status_commands(snap: str, capsys) -> None:
+    if not _evicted(snap):
+        pytest.skip("this file system keeps pages cached after posix_fadvise(DONTNEED)")
+    assert main(["status", snap]) == 0
+    assert "0.0% resident" in capsys.readouterr().out
+    assert main(["warm", snap]) == 0
+    out = capsys.readouterr().out
+    assert "100% resident" in out and "was 0%" in out
+    assert main(["status", snap]) == 0
+    assert "100.0% resident" in capsys.readouterr().out
+
+
+def test_import_snapload_does_not_import_torch() -> None:
+    code = "import sys, snapload; snapload.residency; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_lazy_attributes_resolve() -> None:
+    code = "import snapload; print(callable(snapload.restore), callable(snapload.convert), callable(snapload.snapshot))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True True True"
