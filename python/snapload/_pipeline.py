@@ -13,9 +13,12 @@ import collections
 import ctypes
 import os
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from snapload import _native
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_CHUNK_BYTES = 32 << 20
 DEFAULT_SLOTS = 8
@@ -81,7 +84,14 @@ def drive(pipeline: _native.Pipeline, ring: _native.Ring, engine: CopyEngine) ->
             in_flight += 1
         for slot in engine.drain():
             pipeline.release(slot)
-        return PipelineStats(**pipeline.finish())
+        counts = pipeline.finish()
+        return PipelineStats(
+            chunks=counts["chunks"],
+            bytes=counts["bytes"],
+            mmap_bytes=counts["mmap_bytes"],
+            direct_bytes=counts["direct_bytes"],
+            buffered_bytes=counts["buffered_bytes"],
+        )
     except BaseException:
         pipeline.cancel()
         try:
@@ -155,7 +165,7 @@ def restore_to_host(
     read_mode: str = "auto",
     verify: bool = False,
     lag: int = 0,
-) -> tuple[dict[str, object], PipelineStats]:
+) -> tuple[dict[str, torch.Tensor], PipelineStats]:
     """The device pipeline with a host sink: the arena is a CPU tensor. For tests, and to
     measure the read side on machines without a GPU."""
     import torch

@@ -45,7 +45,7 @@ def load_driver() -> Any:
         from cuda.bindings import driver
     except ImportError:
         try:
-            from cuda import cuda as driver  # type: ignore[no-redef]
+            from cuda import cuda as driver
         except ImportError:
             raise CudaUnavailableError(
                 "GPU restore needs cuda-python: pip install 'snapload[cuda]' (or cuda-python)"
@@ -200,19 +200,6 @@ def restore_with_stats(
     return views_of(arena, tensor_table(snap), pipeline.dst_offsets, path=path), stats
 
 
-def restore(
-    path: str | os.PathLike[str],
-    device: str | torch.device = "cuda",
-    *,
-    verify: bool = False,
-    threads: int = 0,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    slots: int = DEFAULT_SLOTS,
-    streams: int = DEFAULT_STREAMS,
-    read_mode: str = "auto",
-) -> dict[str, torch.Tensor]:
-    tensors, _ = restore_with_stats(
-        path, device, verify=verify, threads=threads, chunk_bytes=chunk_bytes, slots=slots,
-        streams=streams, read_mode=read_mode,
-    )
-    return tensors
+def restore(path: str | os.PathLike[str], device: str | torch.device = "cuda", **options: Any) -> dict[str, torch.Tensor]:
+    """``restore_with_stats`` without the stats; the options are the same."""
+    return restore_with_stats(path, device, **options)[0]

@@ -24,7 +24,8 @@ def config_of(path: str | os.PathLike[str]) -> dict[str, Any]:
     meta = open_snapshot(path).metadata
     if CONFIG_KEY not in meta:
         raise SnapshotError(f"{os.fspath(path)}: no {CONFIG_KEY!r} in the metadata (convert from a model folder, or pass metadata)")
-    return json.loads(meta[CONFIG_KEY])
+    config: dict[str, Any] = json.loads(meta[CONFIG_KEY])
+    return config
 
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu", **restore_options: Any) -> Any:
@@ -33,7 +34,6 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu",
 
     config = transformers.AutoConfig.for_model(**config_of(path))
     with init_empty_weights():
-        model = transformers.AutoModelForCausalLM.from_config(config)
+        model = transformers.AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     restore_module(model, path, device, **restore_options)
-    # Tied weights were restored as one tensor; make transformers' bookkeeping agree.
     return model.eval()

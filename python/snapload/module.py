@@ -37,7 +37,7 @@ def init_empty_weights() -> Iterator[None]:
             extra = dict(p.__dict__)
             module._parameters[name] = type(p)(p.to("meta"), requires_grad=p.requires_grad, **extra)
 
-    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:

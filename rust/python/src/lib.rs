@@ -1,6 +1,7 @@
 //! `snapload._native`: argument conversion and error mapping over `snapload-core`. All policy
 //! (torch, devices, CUDA) lives in the Python package above.
 
+mod closable;
 mod errors;
 mod gil;
 mod pipeline;

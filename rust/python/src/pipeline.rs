@@ -2,12 +2,12 @@
 //! cuda-python, or a host sink in tests). Waiting for a filled slot releases the GIL.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use snapload_core::pipeline::{Options, Pipeline, ReadMode, Ring};
 
+use crate::closable::Closable;
 use crate::errors::to_pyerr;
 use crate::gil::without_gil;
 use crate::snapshot::PySnapshot;
@@ -45,21 +45,10 @@ impl PyRing {
 
 #[pyclass(name = "Pipeline", module = "snapload._native", frozen)]
 pub struct PyPipeline {
-    /// `None` after `finish`. Waiting and releasing share the lock; `finish` takes it alone.
-    inner: RwLock<Option<Pipeline>>,
+    inner: Closable<Pipeline>,
     arena_size: u64,
     dst_offsets: Vec<u64>,
     chunks: usize,
-}
-
-impl PyPipeline {
-    fn with<T>(&self, f: impl FnOnce(&Pipeline) -> snapload_core::Result<T>) -> snapload_core::Result<T> {
-        let guard = self.inner.read().expect("pipeline lock poisoned");
-        match guard.as_ref() {
-            Some(p) => f(p),
-            None => Err(snapload_core::Error::InvalidArgument("pipeline already finished".into())),
-        }
-    }
 }
 
 #[pymethods]
@@ -73,7 +62,7 @@ impl PyPipeline {
         let p = without_gil(py, || Pipeline::start(snap, ring, &Options { threads, mode, verify }))?;
         let layout = p.layout().clone();
         let chunks = p.chunk_count();
-        Ok(PyPipeline { inner: RwLock::new(Some(p)), arena_size: layout.arena_size, dst_offsets: layout.dst_offsets, chunks })
+        Ok(PyPipeline { inner: Closable::new(p, "pipeline"), arena_size: layout.arena_size, dst_offsets: layout.dst_offsets, chunks })
     }
 
     /// Bytes of the device allocation the snapshot needs.
@@ -95,26 +84,23 @@ impl PyPipeline {
 
     /// Wait for the next filled slot: `(slot, dst_offset, length)`, or `None` when all are done.
     fn next_filled(&self, py: Python<'_>) -> PyResult<Option<(usize, u64, u64)>> {
-        let f = without_gil(py, || self.with(|p| p.next_filled()))?;
+        let f = without_gil(py, || self.inner.with(|p| p.next_filled()))?;
         Ok(f.map(|f| (f.slot, f.dst_offset, f.len)))
     }
 
     /// The copy out of `slot` has completed; readers may reuse it.
     fn release(&self, slot: usize) -> PyResult<()> {
-        self.with(|p| p.release(slot)).map_err(to_pyerr)
+        self.inner.with(|p| p.release(slot)).map_err(to_pyerr)
     }
 
     /// Stop the readers; a no-op once finished, so error paths may always call it.
     fn cancel(&self) {
-        if let Some(p) = self.inner.read().expect("pipeline lock poisoned").as_ref() {
-            p.cancel();
-        }
+        self.inner.if_open(Pipeline::cancel);
     }
 
     /// Join the readers, check checksums (with verify) and return byte counts per read path.
     fn finish(&self, py: Python<'_>) -> PyResult<BTreeMap<&'static str, u64>> {
-        let p = self.inner.write().expect("pipeline lock poisoned").take();
-        let p = p.ok_or_else(|| PyRuntimeError::new_err("pipeline already finished"))?;
+        let p = self.inner.take()?;
         let s = without_gil(py, move || p.finish())?;
         Ok(BTreeMap::from([
             ("chunks", s.chunks),

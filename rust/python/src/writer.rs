@@ -3,21 +3,21 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::RwLock;
 
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use snapload_core::{Dtype, SnapshotWriter, TensorSpec, WriteJob};
 
+use crate::closable::Closable;
+use crate::errors::to_pyerr;
 use crate::gil::without_gil;
 
 type SpecRow = (String, String, Vec<u64>, Option<String>);
 
 #[pyclass(name = "SnapshotWriter", module = "snapload._native", frozen)]
 pub struct PyWriter {
-    /// `None` once finished or aborted. Writes share the lock; `finish` takes it exclusively.
-    inner: RwLock<Option<SnapshotWriter>>,
+    inner: Closable<SnapshotWriter>,
 }
 
 /// A contiguous byte buffer borrowed from Python for the duration of one call.
@@ -47,16 +47,6 @@ impl Bytes {
     }
 }
 
-impl PyWriter {
-    fn with<T>(&self, f: impl FnOnce(&SnapshotWriter) -> snapload_core::Result<T>) -> snapload_core::Result<T> {
-        let guard = self.inner.read().expect("writer lock poisoned");
-        match guard.as_ref() {
-            Some(w) => f(w),
-            None => Err(snapload_core::Error::InvalidArgument("snapshot writer is already finished or aborted".into())),
-        }
-    }
-}
-
 #[pymethods]
 impl PyWriter {
     /// Lay out `specs` (name, dtype, shape, alias_of) and create the temporary file.
@@ -71,21 +61,19 @@ impl PyWriter {
             })
             .collect::<PyResult<Vec<_>>>()?;
         let w = without_gil(py, || SnapshotWriter::create(&path, &specs, alignment, metadata))?;
-        Ok(PyWriter { inner: RwLock::new(Some(w)) })
+        Ok(PyWriter { inner: Closable::new(w, "snapshot writer") })
     }
 
     /// Planned byte offset of each tensor in the file.
     fn offsets(&self) -> PyResult<Vec<u64>> {
-        let guard = self.inner.read().expect("writer lock poisoned");
-        let w = guard.as_ref().ok_or_else(|| PyRuntimeError::new_err("writer is closed"))?;
-        Ok(w.header().tensors.iter().map(|t| t.offset).collect())
+        self.inner.with(|w| Ok(w.header().tensors.iter().map(|t| t.offset).collect())).map_err(to_pyerr)
     }
 
     /// Write `data` at byte `offset` of tensor `index`.
     fn write(&self, py: Python<'_>, index: usize, offset: u64, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let bytes = Bytes::get(data)?;
         let slice = bytes.as_slice();
-        without_gil(py, || self.with(|w| w.write(index, offset, slice)))
+        without_gil(py, || self.inner.with(|w| w.write(index, offset, slice)))
     }
 
     /// Write many (index, offset, data) pieces with `threads` workers (0: one per core).
@@ -93,18 +81,17 @@ impl PyWriter {
     fn write_many(&self, py: Python<'_>, jobs: Vec<(usize, u64, Bound<'_, PyAny>)>, threads: usize) -> PyResult<()> {
         let held = jobs.iter().map(|(i, o, d)| Ok((*i, *o, Bytes::get(d)?))).collect::<PyResult<Vec<_>>>()?;
         let jobs: Vec<WriteJob<'_>> = held.iter().map(|(index, offset, b)| WriteJob { index: *index, offset: *offset, data: b.as_slice() }).collect();
-        without_gil(py, || self.with(|w| w.write_parallel(&jobs, threads)))
+        without_gil(py, || self.inner.with(|w| w.write_parallel(&jobs, threads)))
     }
 
     /// Write the header, fsync and rename into place.
     fn finish(&self, py: Python<'_>) -> PyResult<()> {
-        let w = self.inner.write().expect("writer lock poisoned").take();
-        let w = w.ok_or_else(|| PyRuntimeError::new_err("writer is already finished or aborted"))?;
+        let w = self.inner.take()?;
         without_gil(py, move || w.finish().map(|_| ()))
     }
 
     /// Delete the temporary file; the destination is left as it was.
     fn abort(&self) {
-        drop(self.inner.write().expect("writer lock poisoned").take());
+        self.inner.close();
     }
 }
