@@ -7,4 +7,6 @@ bash scripts/setup.sh
 # shellcheck disable=SC1091
 source "${SNAPLOAD_VENV:-.venv}/bin/activate"
 cargo test --workspace --exclude snapload-python --release -q
+# Lints are part of the suite: every unsafe block must carry a SAFETY comment (clippy).
+cargo clippy --workspace --all-targets --release -q -- -D warnings
 python -m pytest -q "$@"

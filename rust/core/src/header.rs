@@ -115,13 +115,14 @@ pub struct Preamble {
 
 pub fn parse_preamble(path: &Path, bytes: &[u8], file_size: u64) -> Result<Preamble> {
     if bytes.len() < PREAMBLE_LEN as usize {
-        if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] == MAGIC {
+        // A short file that starts like a snapshot is truncated; anything else is not one.
+        if MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) || bytes.starts_with(&MAGIC) {
             return Err(Error::truncated(
                 path,
                 format!("{} bytes is shorter than the {PREAMBLE_LEN}-byte preamble", bytes.len()),
             ));
         }
-        return Err(Error::BadMagic { path: path.into(), found: bytes[..MAGIC.len()].to_vec() });
+        return Err(Error::BadMagic { path: path.into(), found: bytes[..bytes.len().min(MAGIC.len())].to_vec() });
     }
     if bytes[0..8] != MAGIC {
         return Err(Error::BadMagic { path: path.into(), found: bytes[0..8].to_vec() });
@@ -224,8 +225,8 @@ impl Header {
             let offset = e.offset.ok_or_else(|| missing("offset"))?;
             let length = e.length.ok_or_else(|| missing("length"))?;
             let crc_text = e.crc32c.as_deref().ok_or_else(|| missing("crc32c"))?;
-            if crc_text.len() != 8 {
-                return Err(bad(format!("checksum {crc_text:?} is not 8 hex digits")));
+            if crc_text.len() != 8 || !crc_text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return Err(bad(format!("checksum {crc_text:?} is not 8 hex digits (lower case)")));
             }
             let crc32c = u32::from_str_radix(crc_text, 16)
                 .map_err(|_| bad(format!("checksum {crc_text:?} is not 8 hex digits")))?;

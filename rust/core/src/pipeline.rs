@@ -75,6 +75,9 @@ impl AlignedBuf {
 
     /// # Safety
     /// The caller must own this buffer's slot exclusively for the lifetime of the slice.
+    // A `&mut` from `&self` is the point: the ring is shared, and exclusivity comes from the slot
+    // protocol (the free list under the pipeline's mutex), not from the borrow checker.
+    #[allow(clippy::mut_from_ref)]
     unsafe fn as_mut_slice(&self) -> &mut [u8] {
         // SAFETY: `ptr` is a live allocation of `len` bytes; exclusivity is the caller's promise.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
