@@ -81,3 +81,14 @@ def test_out_of_memory_says_how_much_was_needed(snap_path: str, monkeypatch) -> 
     monkeypatch.setattr(torch, "empty", empty_without_device_memory)
     with pytest.raises(snapload.CudaUnavailableError, match=r"needs [0-9.]+ GiB"):
         snapload.restore(snap_path, "cuda")
+
+
+def test_snapshot_of_cuda_tensors_is_staged_and_exact(tmp_path) -> None:
+    sd = {k: v.cuda() for k, v in _state().items()}
+    sd["tied"] = sd["blk2.w"]
+    path = str(tmp_path / "from_gpu.snap")
+    snapload.snapshot(sd, path, staging_bytes=1 << 20)  # tensors larger than the staging buffer
+    back = snapload.restore(path, verify=True)
+    for k, v in _state().items():
+        assert torch.equal(back[k], v), k
+    assert back["tied"] is back["blk2.w"]
