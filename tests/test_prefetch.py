@@ -61,3 +61,20 @@ def test_lazy_attributes_resolve() -> None:
     code = "import snapload; print(callable(snapload.restore), callable(snapload.convert), callable(snapload.snapshot))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True True True"
+
+
+@pytest.mark.parametrize("populate", ["none", "background", "sync"])
+def test_restore_populate_modes_give_the_same_tensors(snap: str, populate: str) -> None:
+    expected = snapload.restore(snap)
+    snapload.evict(snap)
+    got = snapload.restore(snap, populate=populate)
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+    if populate == "sync":
+        assert snapload.residency(snap).fraction == 1.0
+
+
+def test_populate_rejects_unknown_modes_and_cuda(snap: str) -> None:
+    with pytest.raises(ValueError, match="populate"):
+        snapload.restore(snap, populate="eager")
+    with pytest.raises(TypeError, match="populate"):
+        snapload.restore(snap, "cuda", populate="sync")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -82,11 +83,26 @@ def views_of(
     return out
 
 
-def restore_cpu(path: str | os.PathLike[str], *, verify: bool = False, threads: int = 0) -> dict[str, torch.Tensor]:
+POPULATE_MODES = ("none", "background", "sync")
+
+
+def restore_cpu(
+    path: str | os.PathLike[str], *, verify: bool = False, threads: int = 0, populate: str = "none"
+) -> dict[str, torch.Tensor]:
+    if populate not in POPULATE_MODES:
+        raise ValueError(f"populate={populate!r} must be one of {POPULATE_MODES}")
     snap = _native.Snapshot(os.fspath(path))
     mapping = snap.map()
     if verify:
         snap.verify(mapping, threads)
+    elif populate != "none":
+        # Populate the mapping's page tables with Rust threads (MADV_POPULATE_READ): later
+        # touches then neither fault nor read the disk. "background" returns at once.
+        filling = _native.Prefetch.of_mapping(mapping, threads or 4)
+        if populate == "sync":
+            filling.wait()
+        else:
+            filling.detach()
     # One uint8 tensor over the whole mapping; it holds a reference to `mapping`, and every
     # tensor below is a view of it, so the mapping lives as long as any tensor does.
     base = torch.frombuffer(mapping, dtype=torch.uint8)
@@ -99,7 +115,8 @@ def restore(
     *,
     verify: bool = False,
     threads: int = 0,
-    **cuda_options: int,
+    populate: str = "none",
+    **cuda_options: Any,
 ) -> dict[str, torch.Tensor]:
     """Restore every tensor of a snapshot onto ``device``.
 
@@ -107,14 +124,21 @@ def restore(
     byte is copied), writable, and keeps the mapping alive. On ``cuda``/``cuda:N`` the file is
     streamed through a bounded ring of pinned buffers into one device allocation (see
     ``snapload.cuda``). ``verify=True`` checks every tensor's CRC32C, in parallel.
+
+    ``populate`` (CPU): ``"none"`` leaves pages to fault in on first touch; ``"background"``
+    starts threads that read the file into the mapping while the caller goes on (restore still
+    returns in milliseconds); ``"sync"`` does that before returning, so every later touch is
+    free. ``verify=True`` reads every page anyway.
     """
     dev = torch.device(device)
     if dev.type == "cpu":
         if cuda_options:
             raise TypeError(f"options {sorted(cuda_options)} apply to CUDA restores only")
-        return restore_cpu(path, verify=verify, threads=threads)
+        return restore_cpu(path, verify=verify, threads=threads, populate=populate)
     if dev.type == "cuda":
         from snapload import cuda
 
+        if populate != "none":
+            raise TypeError("populate applies to CPU restores; CUDA restores read every byte")
         return cuda.restore(path, dev, verify=verify, threads=threads, **cuda_options)
     raise ValueError(f"restore() supports 'cpu' and 'cuda[:N]' devices, not {str(dev)!r}")

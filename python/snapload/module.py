@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -66,14 +66,14 @@ def restore_module(
     strict: bool = True,
     verify: bool = False,
     threads: int = 0,
-    **cuda_options: int,
+    **options: Any,
 ) -> RestoreResult:
     """Restore a snapshot into ``module``'s parameters and buffers by assignment: the module's
     tensors become the restored ones (views of the mapping or of the device arena), with no second
     allocation. Tied parameters stay tied. Keys are checked like ``load_state_dict``; with
     ``strict`` any mismatch raises before the module is touched. Afterwards, anything still on
     the meta device raises ``MetaTensorError``."""
-    tensors = restore(path, device, verify=verify, threads=threads, **cuda_options)
+    tensors = restore(path, device, verify=verify, threads=threads, **options)
     slots = _slots(module)
     missing = [k for k in slots if k not in tensors]
     unexpected = [k for k in tensors if k not in slots]

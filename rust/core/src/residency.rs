@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use memmap2::MmapOptions;
 
 use crate::error::{Error, IoContext, Result};
+use crate::reader::Mapping;
 
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -83,6 +84,12 @@ pub fn evict(path: &Path) -> Result<()> {
     Ok(())
 }
 
+#[derive(Clone)]
+enum Source {
+    File(Arc<File>),
+    Mapping(Arc<Mapping>),
+}
+
 /// Background threads that pull a file into the page cache with `readahead(2)`, chunk by chunk,
 /// in parallel. Made to run while `import torch` and model construction do.
 pub struct Prefetch {
@@ -91,19 +98,33 @@ pub struct Prefetch {
     done: Arc<AtomicU64>,
     cancel: Arc<AtomicBool>,
     workers: Mutex<Vec<JoinHandle<std::io::Result<()>>>>,
+    detached: AtomicBool,
 }
 
 impl Prefetch {
+    /// Pull a file into the page cache (for a restore that has not mapped it yet).
     pub fn start(path: &Path, threads: usize, chunk: u64) -> Result<Prefetch> {
-        let file = Arc::new(File::open(path).at(path, "open")?);
+        let file = File::open(path).at(path, "open")?;
         let total = file.metadata().at(path, "stat")?.len();
-        let chunk = chunk.max(1 << 20);
+        Ok(Self::spawn(path, Source::File(Arc::new(file)), total, threads, chunk))
+    }
+
+    /// Populate the page tables of an existing mapping (a CPU restore's), so that later touches
+    /// of its tensors neither read the disk nor take page faults.
+    pub fn start_mapping(path: &Path, mapping: Arc<Mapping>, threads: usize, chunk: u64) -> Prefetch {
+        let total = mapping.len() as u64;
+        Self::spawn(path, Source::Mapping(mapping), total, threads, chunk)
+    }
+
+    fn spawn(path: &Path, source: Source, total: u64, threads: usize, chunk: u64) -> Prefetch {
+        // Whole pages per chunk, so populate calls stay page-aligned inside a mapping.
+        let chunk = chunk.max(1 << 20).next_multiple_of(page_size());
         let next = Arc::new(AtomicU64::new(0));
         let done = Arc::new(AtomicU64::new(0));
         let cancel = Arc::new(AtomicBool::new(false));
         let workers = (0..threads.max(1))
             .map(|_| {
-                let (file, next, done, cancel) = (file.clone(), next.clone(), done.clone(), cancel.clone());
+                let (source, next, done, cancel) = (source.clone(), next.clone(), done.clone(), cancel.clone());
                 std::thread::Builder::new()
                     .name("snapload-prefetch".into())
                     .spawn(move || -> std::io::Result<()> {
@@ -113,7 +134,10 @@ impl Prefetch {
                                 break;
                             }
                             let len = chunk.min(total - at);
-                            pull_into_cache(&file, at, len)?;
+                            match &source {
+                                Source::File(file) => pull_into_cache(file, at, len)?,
+                                Source::Mapping(map) => populate_mapping(map, at, len),
+                            }
                             done.fetch_add(len, Ordering::Relaxed);
                         }
                         Ok(())
@@ -121,7 +145,7 @@ impl Prefetch {
                     .expect("spawn prefetch thread")
             })
             .collect();
-        Ok(Prefetch { path: path.to_owned(), total, done, cancel, workers: Mutex::new(workers) })
+        Prefetch { path: path.to_owned(), total, done, cancel, workers: Mutex::new(workers), detached: AtomicBool::new(false) }
     }
 
     pub fn total(&self) -> u64 {
@@ -134,6 +158,13 @@ impl Prefetch {
 
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Let the workers run to completion on their own; dropping this handle then neither
+    /// cancels nor waits. They own what they read (file or mapping), so nothing dangles.
+    pub fn detach(&self) {
+        self.detached.store(true, Ordering::Relaxed);
+        self.workers.lock().expect("no panics while held").clear();
     }
 
     /// Wait for every worker; the first I/O error is returned.
@@ -154,9 +185,27 @@ impl Prefetch {
 
 impl Drop for Prefetch {
     fn drop(&mut self) {
-        self.cancel();
-        let _ = self.wait();
+        if !self.detached.load(Ordering::Relaxed) {
+            self.cancel();
+            let _ = self.wait();
+        }
     }
+}
+
+/// Populate `map[offset..offset+len]`'s page tables from the page cache (reading the disk where
+/// needed). Where `MADV_POPULATE_READ` is refused, touching one byte a page does the same.
+fn populate_mapping(map: &Mapping, offset: u64, len: u64) {
+    let (offset, len) = (offset as usize, len as usize);
+    if map.advise(memmap2::Advice::PopulateRead, offset, len).is_ok() {
+        return;
+    }
+    let bytes = &map.as_slice()[offset..offset + len];
+    let page = page_size() as usize;
+    let mut sum = 0u8;
+    for i in (0..len).step_by(page) {
+        sum = sum.wrapping_add(bytes[i]);
+    }
+    std::hint::black_box(sum);
 }
 
 /// Fill the page cache for `file[offset..offset+len]` and wait until it is there, without

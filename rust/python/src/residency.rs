@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use snapload_core::residency as core;
 
 use crate::gil::without_gil;
+use crate::snapshot::PyMapping;
 
 /// `(resident_bytes, file_size)` of a file, from mincore; touches no data.
 #[pyfunction]
@@ -43,6 +44,19 @@ impl PyPrefetch {
     #[getter]
     fn bytes_done(&self) -> u64 {
         self.inner.bytes_done()
+    }
+
+    /// Populate the page tables of a restore's mapping in the background: tensors touched later
+    /// take no page fault and read no disk.
+    #[staticmethod]
+    #[pyo3(signature = (mapping, threads=4, chunk=64 << 20))]
+    fn of_mapping(mapping: PyRef<'_, PyMapping>, threads: usize, chunk: u64) -> Self {
+        PyPrefetch { inner: mapping.populate(threads, chunk) }
+    }
+
+    /// Let the workers finish on their own; dropping the handle no longer cancels them.
+    fn detach(&self) {
+        self.inner.detach();
     }
 
     fn cancel(&self) {

@@ -78,7 +78,7 @@ impl PySnapshot {
         let snap = self.inner.clone();
         let mut mapping = without_gil(py, move || snap.map_private())?;
         let base = mapping.as_mut_ptr() as usize;
-        Ok(PyMapping { mapping, base })
+        Ok(PyMapping { mapping: Arc::new(mapping), base, path: self.inner.path().to_owned() })
     }
 
     /// Check every checksum against the mapping, with `threads` workers (0: one per core).
@@ -93,7 +93,8 @@ impl PySnapshot {
 /// A private mapping of a whole snapshot, exported as a writable 1-D byte buffer.
 #[pyclass(name = "Mapping", module = "snapload._native", frozen)]
 pub struct PyMapping {
-    mapping: Mapping,
+    mapping: Arc<Mapping>,
+    path: PathBuf,
     /// The mapping's first byte, taken once through `as_mut_ptr` so writes through buffers
     /// exported below are writes through a mutable pointer. Valid for as long as `mapping` lives.
     base: usize,
@@ -102,6 +103,11 @@ pub struct PyMapping {
 impl PyMapping {
     pub fn mapping(&self) -> &Mapping {
         &self.mapping
+    }
+
+    /// Background threads populating this mapping's page tables (see `Prefetch`).
+    pub fn populate(&self, threads: usize, chunk: u64) -> snapload_core::residency::Prefetch {
+        snapload_core::residency::Prefetch::start_mapping(&self.path, self.mapping.clone(), threads, chunk)
     }
 }
 
