@@ -64,7 +64,10 @@ impl Snapshot {
         // SAFETY: MAP_PRIVATE of a file we hold open. The format's contract (docs/format.md) is that
         // snapshots are immutable and replaced by rename, never rewritten in place; we checked the
         // size still matches the validated header just above, so every validated offset is mapped.
-        let map = unsafe { MmapOptions::new().len(self.header.file_size as usize).map_copy(&self.file) }
+        // MAP_NORESERVE: a private writable mapping is otherwise charged in full against the
+        // commit limit, so a snapshot larger than RAM + swap could not be mapped at all. Only
+        // pages a caller writes become private copies; those are ordinary anonymous memory.
+        let map = unsafe { MmapOptions::new().len(self.header.file_size as usize).no_reserve_swap().map_copy(&self.file) }
             .at(&self.path, "mmap")?;
         Ok(Mapping { map, file: self.file.try_clone().at(&self.path, "dup file descriptor")? })
     }
