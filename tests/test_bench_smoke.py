@@ -1,0 +1,120 @@
+"""Keeps the benchmark code from rotting: the comparison worker on a tiny checkpoint, and
+``snapload bench`` (snapload.bench) on a tiny snapshot. Each spawns fresh processes that import
+torch, so these take several seconds; they check structure and consistency, not speed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import snapload
+from snapload import bench
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHES = REPO / "benches"
+
+TRIAL_FIELDS = {
+    "loader": str,
+    "resident_before": float,
+    "usable_s": float,
+    "touch_s": float,
+    "total_s": float,
+    "tensors": int,
+    "payload_bytes": int,
+    "touch_checksum": int,
+    "peak_rss_mb": float,
+    "minor_faults": int,
+    "major_faults": int,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    pytest.importorskip("safetensors", reason="the benchmark compares against safetensors (pip install safetensors)")
+    pytest.importorskip("tensorizer", reason="the benchmark writes a tensorizer file (pip install tensorizer)")
+    sys.path.insert(0, str(BENCHES))
+    try:
+        import checkpoints
+    finally:
+        sys.path.remove(str(BENCHES))
+    return checkpoints.build("tiny", checkpoints.tiny_shape(), tmp_path_factory.mktemp("bench"), log=lambda _: None)
+
+
+def test_worker_reports_every_field_and_loaders_agree(tiny_set: dict) -> None:
+    results = {}
+    for loader, fmt in (("snapload", "snapload"), ("safetensors", "safetensors")):
+        path = tiny_set["paths"][fmt]
+        bench.prepare_cache(path, "warm")
+        results[loader] = bench.spawn_json(
+            [sys.executable, str(BENCHES / "worker.py"), loader, path, "--mode", "warm"], timeout=120
+        )
+    for loader, row in results.items():
+        for field, kind in TRIAL_FIELDS.items():
+            assert isinstance(row[field], (int, float) if kind is float else kind), f"{loader}: {field}={row[field]!r}"
+        assert row["loader"] == loader
+        assert row["tensors"] == tiny_set["tensors"]
+        assert row["payload_bytes"] == tiny_set["payload_bytes"]
+        assert 0.0 <= row["resident_before"] <= 1.0
+        assert row["total_s"] == pytest.approx(row["usable_s"] + row["touch_s"])
+    # Same bytes in both formats, touched by the same function: the same checksum.
+    assert results["snapload"]["touch_checksum"] == results["safetensors"]["touch_checksum"]
+
+
+def test_touch_pages_reads_one_byte_per_page_and_skips_aliases() -> None:
+    t = torch.zeros(3 * bench.PAGE + 10, dtype=torch.uint8)
+    t[0], t[bench.PAGE], t[2 * bench.PAGE], t[-1] = 1, 2, 3, 4
+    assert bench.touch_pages({"a": t}) == 1 + 2 + 3 + 4
+    assert bench.touch_pages({"a": t, "alias": t}) == 10, "an alias is the same bytes: touched once"
+    assert bench.touch_pages({"empty": torch.empty(0), "scalar": torch.tensor(7, dtype=torch.uint8)}) == 14
+
+
+def _bench_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_snapload_bench_cold_and_warm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "tiny.snap"
+    state = {f"w{i}": torch.randn(64, 1024).to(torch.bfloat16) for i in range(4)}
+    snapload.snapshot(state, path)
+    assert bench.run(_bench_args(str(path), "--trials", "1", "--json")) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["payload_bytes"] == sum(t.numel() * 2 for t in state.values())
+    assert out["tensors"] == 4
+    modes = {m["mode"]: m for m in out["modes"]}
+    assert set(modes) == {"cold", "warm"}
+    for m in modes.values():
+        assert m["total_s"]["median"] >= m["usable_s"]["median"] >= 0
+        assert m["gb_per_s"] > 0 and m["ceiling_gb_per_s"]["median"] > 0
+        # The label must follow the measurement: a file system that ignores eviction (tmpfs)
+        # yields a cold run marked as not cold, never a silent "cold".
+        assert m["state_ok"] == all(bench.is_state_ok(m["mode"], t["resident_before"]) for t in m["trials"])
+    table = bench.format_table(out)
+    assert "cold" in table and "warm" in table and "touch all pages" in table
+    assert ("NOT COLD" in table) == (not modes["cold"]["state_ok"])
+
+
+def test_snapload_bench_rejects_what_is_not_a_snapshot(tmp_path: Path) -> None:
+    bogus = tmp_path / "not.snap"
+    bogus.write_bytes(b"definitely not a snapshot" * 100)
+    with pytest.raises(snapload.SnapshotError, match="not.snap"):
+        bench.run(_bench_args(str(bogus)))
+    with pytest.raises(IsADirectoryError):
+        bench.run(_bench_args(str(tmp_path)))
+    with pytest.raises(FileNotFoundError):
+        bench.run(_bench_args(str(tmp_path / "missing.snap")))
+    assert bench.run(_bench_args(str(bogus), "--trials", "0")) == 2
+
+
+def test_worker_script_is_importable_without_running() -> None:
+    """``benches/worker.py --help`` must not import torch or any loader library."""
+    proc = subprocess.run([sys.executable, str(BENCHES / "worker.py"), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "snapload_eager" in proc.stdout
