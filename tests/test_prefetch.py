@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -63,7 +64,7 @@ def test_lazy_attributes_resolve() -> None:
     assert out.stdout.strip() == "True True True"
 
 
-@pytest.mark.parametrize("populate", ["none", "background", "sync"])
+@pytest.mark.parametrize("populate", ["auto", "none", "background", "sync"])
 def test_restore_populate_modes_give_the_same_tensors(snap: str, populate: str) -> None:
     expected = snapload.restore(snap)
     snapload.evict(snap)
@@ -71,6 +72,11 @@ def test_restore_populate_modes_give_the_same_tensors(snap: str, populate: str) 
     assert all(torch.equal(got[k], v) for k, v in expected.items())
     if populate == "sync":
         assert snapload.residency(snap).fraction == 1.0
+    if populate == "background":
+        deadline = time.monotonic() + 20
+        while snapload.residency(snap).fraction < 1.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert snapload.residency(snap).fraction == 1.0, "background threads read the whole file"
 
 
 def test_populate_rejects_unknown_modes_and_cuda(snap: str) -> None:

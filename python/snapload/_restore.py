@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from builtins import open as builtins_open
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,15 +84,28 @@ def views_of(
     return out
 
 
-POPULATE_MODES = ("none", "background", "sync")
+POPULATE_MODES = ("auto", "none", "background", "sync")
+
+
+def _auto_populate(file_size: int) -> str:
+    """Background population won the benchmark cold and warm (docs/benchmarks.md); but a file
+    that does not fit comfortably in memory would only be read to be evicted again."""
+    try:
+        with builtins_open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return "none"
+    return "background" if file_size <= available // 2 else "none"
 
 
 def restore_cpu(
-    path: str | os.PathLike[str], *, verify: bool = False, threads: int = 0, populate: str = "none"
+    path: str | os.PathLike[str], *, verify: bool = False, threads: int = 0, populate: str = "auto"
 ) -> dict[str, torch.Tensor]:
     if populate not in POPULATE_MODES:
         raise ValueError(f"populate={populate!r} must be one of {POPULATE_MODES}")
     snap = _native.Snapshot(os.fspath(path))
+    if populate == "auto":
+        populate = _auto_populate(snap.file_size)
     mapping = snap.map()
     if verify:
         snap.verify(mapping, threads)
@@ -115,7 +129,7 @@ def restore(
     *,
     verify: bool = False,
     threads: int = 0,
-    populate: str = "none",
+    populate: str = "auto",
     **cuda_options: Any,
 ) -> dict[str, torch.Tensor]:
     """Restore every tensor of a snapshot onto ``device``.
@@ -125,10 +139,12 @@ def restore(
     streamed through a bounded ring of pinned buffers into one device allocation (see
     ``snapload.cuda``). ``verify=True`` checks every tensor's CRC32C, in parallel.
 
-    ``populate`` (CPU): ``"none"`` leaves pages to fault in on first touch; ``"background"``
-    starts threads that read the file into the mapping while the caller goes on (restore still
-    returns in milliseconds); ``"sync"`` does that before returning, so every later touch is
-    free. ``verify=True`` reads every page anyway.
+    ``populate`` (CPU): ``"background"`` starts Rust threads that read the file into the
+    mapping's page tables while the caller goes on (restore still returns in milliseconds, and
+    the caller's first touches find the pages there); ``"sync"`` does that before returning;
+    ``"none"`` leaves every page to fault in on first touch. ``"auto"`` (the default) is
+    ``"background"`` when the file fits in half the available memory, else ``"none"``.
+    ``verify=True`` reads every page anyway.
     """
     dev = torch.device(device)
     if dev.type == "cpu":
@@ -138,7 +154,7 @@ def restore(
     if dev.type == "cuda":
         from snapload import cuda
 
-        if populate != "none":
+        if populate != "auto":
             raise TypeError("populate applies to CPU restores; CUDA restores read every byte")
         return cuda.restore(path, dev, verify=verify, threads=threads, **cuda_options)
     raise ValueError(f"restore() supports 'cpu' and 'cuda[:N]' devices, not {str(dev)!r}")
