@@ -170,7 +170,7 @@ def emit(result: Mapping[str, Any]) -> None:
 # One trial (the child).
 
 
-def child(path: str, mode: str, eager: bool) -> dict[str, Any]:
+def child(path: str, mode: str, eager: bool, populate: str = "none") -> dict[str, Any]:
     import torch  # noqa: F401 - imported before timing, as in a real handler
 
     import snapload
@@ -184,7 +184,7 @@ def child(path: str, mode: str, eager: bool) -> dict[str, Any]:
 
         tensors, _ = restore_to_host(path)
     else:
-        tensors = snapload.restore(path)
+        tensors = snapload.restore(path, populate=populate)
     usable = time.perf_counter()
     touch_pages(tensors)
     done = time.perf_counter()
@@ -193,6 +193,7 @@ def child(path: str, mode: str, eager: bool) -> dict[str, Any]:
     return {
         "mode": mode,
         "eager": eager,
+        "populate": "-" if eager else populate,
         "resident_before": fraction,
         "usable_s": usable - start,
         "touch_s": done - usable,
@@ -217,6 +218,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eager", action="store_true", help="also time the eager restore (every byte copied into one host buffer)"
     )
+    parser.add_argument(
+        "--populate",
+        choices=("none", "background", "sync"),
+        default="none",
+        help="restore(populate=...): fill the mapping with threads in the background, or before returning",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -224,7 +231,7 @@ def median_range(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def run_mode(path: str, mode: str, trials: int, eager: bool, log: Any) -> dict[str, Any]:
+def run_mode(path: str, mode: str, trials: int, eager: bool, log: Any, populate: str = "none") -> dict[str, Any]:
     """``trials`` fresh-process trials in ``mode``, each preceded by a ceiling read in the same
     cache state."""
     ceilings: list[float] = []
@@ -239,6 +246,8 @@ def run_mode(path: str, mode: str, trials: int, eager: bool, log: Any) -> dict[s
         argv = [sys.executable, "-m", "snapload.bench", "--child", path, "--child-mode", mode]
         if eager:
             argv.append("--child-eager")
+        else:
+            argv += ["--child-populate", populate]
         row = spawn_json(argv)
         rows.append(row)
         log(
@@ -251,6 +260,7 @@ def run_mode(path: str, mode: str, trials: int, eager: bool, log: Any) -> dict[s
     return {
         "mode": mode,
         "eager": eager,
+        "populate": "-" if eager else populate,
         "state_ok": all(is_state_ok(mode, f) for f in resident + fractions),
         "resident_before": median_range(resident),
         "usable_s": median_range([r["usable_s"] for r in rows]),
@@ -275,7 +285,9 @@ def format_table(result: Mapping[str, Any]) -> str:
     head = ("", "usable", "touch all pages", "total", "GB/s", "read ceiling", "of ceiling", "peak RSS")
     rows = [head]
     for m in result["modes"]:
-        label = f"{m['mode']}{' eager' if m['eager'] else ''}"
+        label = m["mode"] + (" eager" if m["eager"] else "")
+        if m.get("populate", "none") not in ("none", "-"):
+            label += f" populate={m['populate']}"
         res = m["resident_before"]["median"]
         label += f" ({res:.0%} cached)"
         if not m["state_ok"]:
@@ -299,9 +311,15 @@ def format_table(result: Mapping[str, Any]) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines += ["", "usable: snapload.restore() returned (a lazy mapping: pages are read on first touch);"]
+    if any(m["eager"] for m in result["modes"]):
+        lines.append("  eager: every byte copied into one host buffer by the restore pipeline;")
+    populate = {m.get("populate") for m in result["modes"]}
+    if "sync" in populate:
+        lines.append("  populate=sync: restore() returned once threads had read every page into the mapping;")
+    if "background" in populate:
+        lines.append("  populate=background: threads fill the mapping while the touch runs;")
     lines += [
-        "",
-        "usable: snapload.restore() returned (a lazy mapping: pages are read on first touch);",
         "touch all pages: one byte of every 4 KiB page of every tensor; total is what compares.",
         "read ceiling: a buffered sequential read of the same file, in the same cache state.",
     ]
@@ -329,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     try:
         for mode in modes:
-            results.append(run_mode(path, mode, args.trials, False, log))
+            results.append(run_mode(path, mode, args.trials, False, log, args.populate))
             if args.eager:
                 results.append(run_mode(path, mode, args.trials, True, log))
     except ChildFailed as e:
@@ -353,8 +371,9 @@ def _child_main(argv: list[str]) -> int:
     p.add_argument("--child", required=True, metavar="PATH")
     p.add_argument("--child-mode", default="any")
     p.add_argument("--child-eager", action="store_true")
+    p.add_argument("--child-populate", default="none")
     a = p.parse_args(argv)
-    emit(child(a.child, a.child_mode, a.child_eager))
+    emit(child(a.child, a.child_mode, a.child_eager, a.child_populate))
     return 0
 
 

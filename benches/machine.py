@@ -1,0 +1,80 @@
+"""The machine a benchmark ran on, without importing torch: cores, memory, kernel, CPU, the file
+system holding the benchmark data, and the versions of every library under test."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("snapload", "torch", "safetensors", "tensorizer", "runai-model-streamer", "transformers", "numpy")
+
+
+def _first(path: str, key: str) -> str | None:
+    try:
+        with open(path) as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k.strip() == key:
+                    return v.strip()
+    except OSError:
+        pass
+    return None
+
+
+def mount_of(path: Path) -> dict[str, str]:
+    """The /proc/self/mounts entry with the longest mount point that contains ``path``."""
+    real = os.path.realpath(path)
+    best: dict[str, str] = {}
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                dev, mnt, fstype, opts, *_ = line.split()
+                inside = real == mnt or real.startswith(mnt.rstrip("/") + "/")
+                if inside and len(mnt) >= len(best.get("mount", "")):
+                    best = {"device": dev, "mount": mnt, "fstype": fstype, "options": opts}
+    except OSError:
+        pass
+    dev = best.get("device", "")
+    if dev.startswith("/dev/"):
+        base = os.path.basename(os.path.realpath(dev))
+        ra = Path(f"/sys/class/block/{base}/queue/read_ahead_kb")
+        if not ra.exists():  # a partition: the queue belongs to the parent disk
+            ra = Path(f"/sys/class/block/{base}/../queue/read_ahead_kb")
+        try:
+            best["read_ahead_kb"] = ra.read_text().strip()
+        except OSError:
+            pass
+    return best
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def info(data_dir: Path) -> dict[str, Any]:
+    mem_kb = _first("/proc/meminfo", "MemTotal")
+    thp = None
+    try:
+        thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip()
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": _first("/proc/cpuinfo", "model name"),
+        "ram_gib": round(int(mem_kb.split()[0]) / (1 << 20), 1) if mem_kb else None,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "data_fs": mount_of(data_dir),
+        "thp": thp,
+        "gpu": os.path.exists("/dev/nvidia0"),
+        "versions": versions(),
+    }
