@@ -108,6 +108,9 @@ def restore_cpu(
         populate = _auto_populate(snap.file_size)
     mapping = snap.map()
     if verify:
+        # Overlap the hashing with the I/O: populate threads read ahead through the mapping
+        # (MADV_POPULATE_READ, batched) while the verify threads hash what is already in.
+        _native.Prefetch.of_mapping(mapping, 4).detach()
         snap.verify(mapping, threads)
     elif populate != "none":
         # Populate the mapping's page tables with Rust threads (MADV_POPULATE_READ): later
