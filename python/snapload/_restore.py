@@ -108,9 +108,8 @@ def restore_cpu(
         populate = _auto_populate(snap.file_size)
     mapping = snap.map()
     if verify:
-        # Overlap the hashing with the I/O: populate threads read ahead through the mapping
-        # (MADV_POPULATE_READ, batched) while the verify threads hash what is already in.
-        _native.Prefetch.of_mapping(mapping, 4).detach()
+        # Each verify worker reads a piece in (one batched MADV_POPULATE_READ) and hashes it
+        # while the other workers' reads are in flight: hashing overlaps the I/O in one pass.
         snap.verify(mapping, threads)
     elif populate != "none":
         # Populate the mapping's page tables with Rust threads (MADV_POPULATE_READ): later

@@ -40,6 +40,12 @@ pub fn default_threads() -> usize {
 
 /// Checksums of `regions`, split into pieces of at most `chunk` bytes hashed by `threads` workers.
 pub fn parallel_crc32c(regions: &[&[u8]], threads: usize, chunk: usize) -> Vec<u32> {
+    parallel_crc32c_with(regions, threads, chunk, |_| ())
+}
+
+/// As `parallel_crc32c`, calling `prepare` on each piece just before it is hashed (a verify over
+/// a mapping uses it to read the piece in with one batched call instead of page faults).
+pub fn parallel_crc32c_with(regions: &[&[u8]], threads: usize, chunk: usize, prepare: impl Fn(&[u8]) + Sync) -> Vec<u32> {
     assert!(chunk > 0);
     let jobs: Vec<(usize, usize, usize)> = regions
         .iter()
@@ -57,6 +63,7 @@ pub fn parallel_crc32c(regions: &[&[u8]], threads: usize, chunk: usize) -> Vec<u
             s.spawn(|| loop {
                 let j = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&(r, start, end)) = jobs.get(j) else { break };
+                prepare(&regions[r][start..end]);
                 let crc = crc32c::crc32c(&regions[r][start..end]);
                 let piece = Piece { start: start as u64, len: (end - start) as u64, crc };
                 pieces[r].lock().expect("no panics while held").push(piece);
