@@ -35,9 +35,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "snapshot": "snapload._write",
     "restore": "snapload._restore",
-    "open": "snapload._restore",
-    "SnapshotInfo": "snapload._restore",
-    "TensorInfo": "snapload._restore",
+    "open": "snapload._info",
+    "SnapshotInfo": "snapload._info",
+    "TensorInfo": "snapload._info",
     "restore_module": "snapload.module",
     "init_empty_weights": "snapload.module",
     "RestoreResult": "snapload.module",
@@ -45,7 +45,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from snapload._restore import SnapshotInfo, TensorInfo, open, restore
+    from snapload._info import SnapshotInfo, TensorInfo, open
+    from snapload._restore import restore
     from snapload._write import snapshot
     from snapload._convert import convert
     from snapload.module import RestoreResult, init_empty_weights, restore_module

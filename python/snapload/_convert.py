@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from snapload._restore import SnapshotInfo
-from snapload._restore import open as open_snapshot
+from snapload._info import open as open_snapshot
 from snapload._write import DEFAULT_ALIGNMENT, PlannedTensor, plan_tensors, write_planned
 from snapload.dtypes import to_torch
 from snapload.errors import ConversionError, UnsafeCheckpointError, UnsupportedDtypeError

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from snapload import _native
+from snapload._info import open as snapshot_info
 from snapload._progress import ProgressBar, format_bytes, format_rate
 from snapload.errors import SnapshotError
 
@@ -98,28 +99,29 @@ def open_snapshot(path: str) -> Any:
 
 def describe(path: str) -> dict[str, Any]:
     """A snapshot's header as plain JSON-ready data (reads the header only)."""
-    snap = open_snapshot(path)
-    tensors = [
-        {
-            "name": name,
-            "dtype": dtype,
-            "shape": list(shape),
-            "offset": offset,
-            "length": length,
-            "crc32c": f"{crc:08x}",
-            "alias_of": alias,
-        }
-        for name, dtype, shape, offset, length, crc, alias in snap.tensors()
-    ]
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a directory, not a snapshot file")
+    info = snapshot_info(path)
     return {
         "path": path,
         "format_version": _native.FORMAT_VERSION,
-        "alignment": snap.alignment,
-        "file_size": snap.file_size,
-        "data_start": snap.data_start,
-        "data_bytes": sum(t["length"] for t in tensors if t["alias_of"] is None),
-        "metadata": snap.metadata,
-        "tensors": tensors,
+        "alignment": info.alignment,
+        "file_size": info.file_size,
+        "data_start": info.data_start,
+        "data_bytes": info.data_bytes,
+        "metadata": info.metadata,
+        "tensors": [
+            {
+                "name": t.name,
+                "dtype": t.dtype,
+                "shape": list(t.shape),
+                "offset": t.offset,
+                "length": t.length,
+                "crc32c": f"{t.crc32c:08x}",
+                "alias_of": t.alias_of,
+            }
+            for t in info.tensors
+        ],
     }
 
 

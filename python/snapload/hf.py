@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from snapload._restore import open as open_snapshot
+from snapload._info import open as open_snapshot
 from snapload.errors import SnapshotError
 from snapload.module import init_empty_weights, restore_module
 

@@ -5,7 +5,6 @@
 use pyo3::prelude::*;
 use pyo3::marker::Ungil;
 
-
 use crate::errors::to_pyerr;
 
 pub fn without_gil<T, F>(py: Python<'_>, work: F) -> PyResult<T>
