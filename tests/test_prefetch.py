@@ -25,10 +25,11 @@ def _evicted(path: str) -> bool:
     return snapload.residency(path).resident_bytes == 0
 
 
-def test_prefetch_makes_the_file_resident_and_reports_progress(snap: str) -> None:
+@pytest.mark.parametrize("background", [True, False], ids=["background", "normal-priority"])
+def test_prefetch_makes_the_file_resident_and_reports_progress(snap: str, background: bool) -> None:
     if not _evicted(snap):
         pytest.skip("this file system keeps pages cached after posix_fadvise(DONTNEED)")
-    handle = snapload.prefetch(snap, threads=3, chunk_bytes=1 << 20)
+    handle = snapload.prefetch(snap, threads=3, chunk_bytes=1 << 20, background=background)
     handle.wait()
     assert handle.bytes_done == handle.total == snapload.residency(snap).size
     assert snapload.residency(snap).fraction == 1.0

@@ -22,7 +22,7 @@ def run_warm(args: argparse.Namespace) -> int:
     for path in args.paths:
         before = residency(path)
         start = time.perf_counter()
-        prefetch(path, threads=max(1, args.threads)).wait()
+        prefetch(path, threads=max(1, args.threads), background=False).wait()
         seconds = time.perf_counter() - start
         after = residency(path)
         pulled = max(0, after.resident_bytes - before.resident_bytes)

@@ -13,10 +13,18 @@ from dataclasses import dataclass
 from snapload import _native
 
 
-def prefetch(path: str | os.PathLike[str], *, threads: int = 4, chunk_bytes: int = 64 << 20) -> _native.Prefetch:
-    """Start background readahead of ``path``; ``.wait()`` blocks until done, ``.bytes_done``
-    tells progress. Dropping the handle cancels what is left."""
-    return _native.Prefetch(os.fspath(path), threads, chunk_bytes)
+def prefetch(
+    path: str | os.PathLike[str], *, threads: int = 2, chunk_bytes: int = 64 << 20, background: bool = True
+) -> _native.Prefetch:
+    """Start pulling ``path`` into the page cache and return at once; ``.wait()`` blocks until
+    done, ``.bytes_done`` tells progress. Dropping the handle cancels what is left.
+
+    ``background=True`` (the default) runs the reader threads at the lowest CPU priority (nice
+    19) and the lowest best-effort I/O priority, so the work they overlap (``import torch``,
+    building the model) keeps the CPUs; ``snapload warm`` passes ``False`` because filling the
+    cache is all it does. Two threads keep a disk's queue busy while one waits on its I/O; the
+    defaults are the measured ones in docs/benchmarks.md (end-to-end cold start)."""
+    return _native.Prefetch(os.fspath(path), threads, chunk_bytes, background)
 
 
 @dataclass(frozen=True)

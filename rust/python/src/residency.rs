@@ -21,6 +21,10 @@ pub fn evict(py: Python<'_>, path: PathBuf) -> PyResult<()> {
     without_gil(py, || core::evict(&path))
 }
 
+fn priority(background: bool) -> core::Priority {
+    if background { core::Priority::Background } else { core::Priority::Normal }
+}
+
 #[pyclass(name = "Prefetch", module = "snapload._native", frozen)]
 pub struct PyPrefetch {
     inner: core::Prefetch,
@@ -28,11 +32,12 @@ pub struct PyPrefetch {
 
 #[pymethods]
 impl PyPrefetch {
-    /// Start `threads` background readers pulling `path` into the page cache, `chunk` bytes at a time.
+    /// Start `threads` readers pulling `path` into the page cache, `chunk` bytes at a time;
+    /// `background` lowers their CPU and I/O priority below the rest of the process.
     #[new]
-    #[pyo3(signature = (path, threads=4, chunk=64 << 20))]
-    fn new(py: Python<'_>, path: PathBuf, threads: usize, chunk: u64) -> PyResult<Self> {
-        let inner = without_gil(py, || core::Prefetch::start(&path, threads, chunk))?;
+    #[pyo3(signature = (path, threads=2, chunk=64 << 20, background=true))]
+    fn new(py: Python<'_>, path: PathBuf, threads: usize, chunk: u64, background: bool) -> PyResult<Self> {
+        let inner = without_gil(py, || core::Prefetch::start(&path, threads, chunk, priority(background)))?;
         Ok(PyPrefetch { inner })
     }
 
@@ -49,9 +54,9 @@ impl PyPrefetch {
     /// Populate the page tables of a restore's mapping in the background: tensors touched later
     /// take no page fault and read no disk.
     #[staticmethod]
-    #[pyo3(signature = (mapping, threads=4, chunk=64 << 20))]
-    fn of_mapping(mapping: PyRef<'_, PyMapping>, threads: usize, chunk: u64) -> Self {
-        PyPrefetch { inner: mapping.populate(threads, chunk) }
+    #[pyo3(signature = (mapping, threads=4, chunk=64 << 20, background=false))]
+    fn of_mapping(mapping: PyRef<'_, PyMapping>, threads: usize, chunk: u64, background: bool) -> Self {
+        PyPrefetch { inner: mapping.populate(threads, chunk, priority(background)) }
     }
 
     /// Let the workers finish on their own; dropping the handle no longer cancels them.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use pyo3::exceptions::PyBufferError;
 use pyo3::ffi;
 use pyo3::prelude::*;
+use snapload_core::residency::{Prefetch, Priority};
 use snapload_core::{Mapping, Snapshot};
 
 use crate::gil::without_gil;
@@ -106,8 +107,8 @@ impl PyMapping {
     }
 
     /// Background threads populating this mapping's page tables (see `Prefetch`).
-    pub fn populate(&self, threads: usize, chunk: u64) -> snapload_core::residency::Prefetch {
-        snapload_core::residency::Prefetch::start_mapping(&self.path, self.mapping.clone(), threads, chunk)
+    pub fn populate(&self, threads: usize, chunk: u64, priority: Priority) -> Prefetch {
+        Prefetch::start_mapping(&self.path, self.mapping.clone(), threads, chunk, priority)
     }
 }
 
