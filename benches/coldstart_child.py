@@ -47,6 +47,7 @@ def main() -> None:
 
     LlamaForCausalLM  # noqa: B018 - transformers imports lazily: pull the model's module in now
     marks["import_transformers"] = time.monotonic_ns()
+    prefetched_at_imports = prefetch_handle.bytes_done / prefetch_handle.total if prefetch_handle else None
 
     import snapload
     import snapload.bench
@@ -98,6 +99,7 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
             "forward": snapload.bench.rusage_delta(ru0, ru1),
             "prefetch_bytes_done": getattr(prefetch_handle, "bytes_done", None),
+            "prefetched_at_imports": prefetched_at_imports,
             **snapload.bench.proc_memory(),
         }
     )

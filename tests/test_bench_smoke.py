@@ -118,3 +118,32 @@ def test_worker_script_is_importable_without_running() -> None:
     proc = subprocess.run([sys.executable, str(BENCHES / "worker.py"), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "snapload_eager" in proc.stdout
+
+
+def test_coldstart_harness_on_a_tiny_model(tmp_path: Path) -> None:
+    """benches/coldstart.py end to end on a 2-layer Llama: every phase timed in order, the
+    prefetch progress recorded, and every variant's forward pass on the same weights."""
+    pytest.importorskip("transformers", reason="the cold-start benchmark builds a transformers model")
+    variants = ("st_assign", "snapload", "snapload_prefetch_wait")
+    out_json = tmp_path / "coldstart.json"
+    cmd = [sys.executable, str(BENCHES / "coldstart.py"), "--tiny", "--trials", "1", "--variants", ",".join(variants)]
+    cmd += ["--data-dir", str(tmp_path / "data"), "--json", str(out_json), "--doc", "-"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out_json.read_text())
+    assert not res["errors"]
+    assert set(res["summary"]) == set(variants)
+    assert res["import_snapload"]["torch_imported"] is False
+    for row in res["rows"]:
+        marks = row["marks_ns"]
+        order = ["spawn", "first_line", "prefetch_started", "import_torch", "import_transformers", "construct"]
+        order += ["load_weights", "first_forward"]
+        assert [marks[k] for k in order] == sorted(marks[k] for k in order), row["variant"]
+        assert {"model.snap", "model.safetensors"} <= set(row["cold_fractions"]), "residency checked before each trial"
+        if row["variant"] == "snapload_prefetch_wait":
+            assert 0.0 <= row["prefetched_at_imports"] <= 1.0
+            assert row["prefetch_bytes_done"] == (tmp_path / "data" / "coldstart-tiny" / "model.snap").stat().st_size
+        else:
+            assert row["prefetched_at_imports"] is None
+    assert len({round(s["logits_probe"], 3) for s in res["summary"].values()}) == 1
+    assert "| snapload + prefetch() first, wait() before restore |" in proc.stdout
