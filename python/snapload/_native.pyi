@@ -91,7 +91,7 @@ class Pipeline:
 @final
 class Prefetch:
     def __new__(
-        cls, path: str | PathLike[str], threads: int = 2, chunk: int = ..., background: bool = True
+        cls, path: str | PathLike[str], threads: int = 1, chunk: int = ..., background: bool = True
     ) -> Prefetch: ...
     @property
     def total(self) -> int: ...

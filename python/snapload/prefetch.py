@@ -14,16 +14,19 @@ from snapload import _native
 
 
 def prefetch(
-    path: str | os.PathLike[str], *, threads: int = 2, chunk_bytes: int = 64 << 20, background: bool = True
+    path: str | os.PathLike[str], *, threads: int = 1, chunk_bytes: int = 8 << 20, background: bool = True
 ) -> _native.Prefetch:
     """Start pulling ``path`` into the page cache and return at once; ``.wait()`` blocks until
     done, ``.bytes_done`` tells progress. Dropping the handle cancels what is left.
 
-    ``background=True`` (the default) runs the reader threads at the lowest CPU priority (nice
-    19) and the lowest best-effort I/O priority, so the work they overlap (``import torch``,
-    building the model) keeps the CPUs; ``snapload warm`` passes ``False`` because filling the
-    cache is all it does. Two threads keep a disk's queue busy while one waits on its I/O; the
-    defaults are the measured ones in docs/benchmarks.md (end-to-end cold start)."""
+    ``background=True`` (the default) runs the reader threads at the lowest CPU priority (nice 19)
+    and in the idle I/O class, so the work they overlap (``import torch`` and its library reads,
+    building the model) goes first; ``snapload warm`` passes ``False`` because filling the cache is
+    all it does. One thread reading 8 MiB at a time keeps few requests in the disk's queue, so the
+    handler's own reads (its libraries, on a node that just pulled its image) wait behind little;
+    that measured faster than two threads with 64 MiB. Each page is read once by the thread that
+    brought it in, so that first-access costs (hypervisor faults in a microVM) are paid here rather
+    than in the first forward pass. Measured in docs/benchmarks.md (end-to-end cold start)."""
     return _native.Prefetch(os.fspath(path), threads, chunk_bytes, background)
 
 

@@ -35,7 +35,7 @@ impl PyPrefetch {
     /// Start `threads` readers pulling `path` into the page cache, `chunk` bytes at a time;
     /// `background` lowers their CPU and I/O priority below the rest of the process.
     #[new]
-    #[pyo3(signature = (path, threads=2, chunk=64 << 20, background=true))]
+    #[pyo3(signature = (path, threads=1, chunk=8 << 20, background=true))]
     fn new(py: Python<'_>, path: PathBuf, threads: usize, chunk: u64, background: bool) -> PyResult<Self> {
         let inner = without_gil(py, || core::Prefetch::start(&path, threads, chunk, priority(background)))?;
         Ok(PyPrefetch { inner })
