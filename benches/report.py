@@ -43,13 +43,13 @@ def machine_markdown(results: dict[str, Any]) -> str:
         f"(mounted at {fs.get('mount', '?')}, {fs.get('options', '')}; read_ahead_kb {fs.get('read_ahead_kb', '?')}); "
         f"transparent huge pages: {m.get('thp') or '?'}",
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        f"- Load average (1/5/15 min) at start {_load(results.get('loadavg_start'))}, "
-        f"at end {_load(results.get('loadavg_end'))}",
+        f"- Load average (1/5/15 min) at start {format_loadavg(results.get('loadavg_start'))}, "
+        f"at end {format_loadavg(results.get('loadavg_end'))}",
     ]
     return "\n".join(lines)
 
 
-def _load(x: Any) -> str:
+def format_loadavg(x: Any) -> str:
     return "/".join(f"{v:.1f}" for v in x) if x else "?"
 
 
