@@ -265,7 +265,7 @@ fn touch_each_page(bytes: &[u8]) {
 /// copying to user space: a shared read-only mapping of the range is populated with
 /// `MADV_POPULATE_READ` (Linux 5.14+; `readahead(2)` alone returns before the I/O completes).
 /// Where that is refused, a plain read into a scratch buffer does the job. Either way each page
-/// is touched once by this thread (see `touch_each_page`).
+/// is touched once by this thread (see `touch_each_page`); a range cached already is skipped.
 fn pull_into_cache(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     let page = page_size();
     let start = offset / page * page;
