@@ -233,15 +233,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(res: dict[str, Any]) -> str:
-    m = res["machine"]
     mod = res["model"]
     imp = res["import_snapload"]
     lines = [
-        f"- Command: `{res['command']}` (shuffle seed {res['seed']}); {res['started']}; "
-        f"wall time {res['wall_s'] / 60:.1f} min",
-        f"- Machine: {m['nproc']} cores, {m['ram_gib']} GiB RAM, kernel {m['kernel']}, GPU: {'yes' if m.get('gpu') else 'none'}; "
-        f"load average at start {report.format_loadavg(res['loadavg_start'])}, "
-        f"at end {report.format_loadavg(res['loadavg_end'])}",
+        report.machine_markdown(res),
         f"- Model: LlamaForCausalLM from a config ({mod['model']['num_hidden_layers']} layers, hidden "
         f"{mod['model']['hidden_size']}, intermediate {mod['model']['intermediate_size']}), "
         f"{mod['params'] / 1e6:.0f} M parameters, {mod['bytes'] / 1e9:.2f} GB bf16, random weights",
