@@ -54,9 +54,9 @@ impl PyPrefetch {
     /// Populate the page tables of a restore's mapping in the background: tensors touched later
     /// take no page fault and read no disk.
     #[staticmethod]
-    #[pyo3(signature = (mapping, threads=4, chunk=64 << 20, background=false))]
-    fn of_mapping(mapping: PyRef<'_, PyMapping>, threads: usize, chunk: u64, background: bool) -> Self {
-        PyPrefetch { inner: mapping.populate(threads, chunk, priority(background)) }
+    #[pyo3(signature = (mapping, threads=4, chunk=64 << 20))]
+    fn of_mapping(mapping: PyRef<'_, PyMapping>, threads: usize, chunk: u64) -> Self {
+        PyPrefetch { inner: mapping.populate(threads, chunk) }
     }
 
     /// Let the workers finish on their own; dropping the handle no longer cancels them.

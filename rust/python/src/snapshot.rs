@@ -106,9 +106,10 @@ impl PyMapping {
         &self.mapping
     }
 
-    /// Background threads populating this mapping's page tables (see `Prefetch`).
-    pub fn populate(&self, threads: usize, chunk: u64, priority: Priority) -> Prefetch {
-        Prefetch::start_mapping(&self.path, self.mapping.clone(), threads, chunk, priority)
+    /// Background threads populating this mapping's page tables (see `Prefetch`), at normal
+    /// priority: the restore's caller is waiting for these pages.
+    pub fn populate(&self, threads: usize, chunk: u64) -> Prefetch {
+        Prefetch::start_mapping(&self.path, self.mapping.clone(), threads, chunk, Priority::Normal)
     }
 }
 
