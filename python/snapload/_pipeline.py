@@ -5,13 +5,20 @@ filled slot to a copy engine (CUDA async copies in ``snapload.cuda``, or ``HostC
 tests and on machines without a GPU) and gives the slot back only after the engine reports that
 its copy completed. One loop serves both, so every byte path except the final copy is exercised
 on the CPU.
+
+Rings are leased from a process-wide ``RingPool``: each restore has a ring of its own for its
+whole life (reads, copies and the drain after an error), so concurrent restores never share a
+buffer, and pinned memory stays within the pool's budget.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import os
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -63,8 +70,14 @@ class PipelineStats:
         return {k: v for k, v in paths.items() if v}
 
 
-def drive(pipeline: _native.Pipeline, ring: _native.Ring, engine: CopyEngine) -> PipelineStats:
-    """Feed every filled slot to ``engine``; release slots as their copies complete."""
+def drive(
+    pipeline: _native.Pipeline, ring: _native.Ring, engine: CopyEngine, *, lease: PooledRing | None = None
+) -> PipelineStats:
+    """Feed every filled slot to ``engine``; release slots as their copies complete.
+
+    On any error the readers are cancelled (and joined) and every copy in flight is waited for
+    before the error propagates, so the ring can serve the next restore. If even that wait fails
+    (a lost device), copies may still read the ring: ``lease`` is then quarantined, never reused."""
     addresses = ring.addresses
     in_flight = 0
     try:
@@ -96,8 +109,10 @@ def drive(pipeline: _native.Pipeline, ring: _native.Ring, engine: CopyEngine) ->
         pipeline.cancel()
         try:
             engine.drain()  # no copy may still read a slot once the ring is reused
-        finally:
-            raise
+        except BaseException:
+            if lease is not None:
+                lease.quarantine()
+        raise
 
 
 class HostCopyEngine:
@@ -134,17 +149,117 @@ class HostCopyEngine:
         return done
 
 
-_RINGS: dict[tuple[int, int], _native.Ring] = {}
+DEFAULT_RING_BUDGET = 512 << 20
 
 
-def shared_ring(slots: int, slot_bytes: int) -> _native.Ring:
-    """One ring per geometry per process: its (pinned) buffers are reused by every restore,
-    since page-locking memory costs far more than reading into it."""
-    key = (slots, slot_bytes)
-    ring = _RINGS.get(key)
-    if ring is None:
-        ring = _RINGS[key] = _native.Ring(slots, slot_bytes)
-    return ring
+@dataclass(eq=False)
+class PooledRing:
+    """A ring and what the device side did to it (pinning), leased to one restore at a time."""
+
+    ring: _native.Ring
+    pinned: bool = False
+    # Set by whoever pinned the ring: undoes the pinning before the ring's memory is freed.
+    unpin: Callable[[], None] | None = None
+    quarantined: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return self.ring.slots * self.ring.slot_size
+
+    def quarantine(self) -> None:
+        """A device may still read this ring: never lease it again, never free it."""
+        self.quarantined = True
+
+
+class RingPool:
+    """The process's rings. A restore leases one for its whole life; rings are reused (pinning
+    memory costs far more than reading into it) and the total stays within ``budget`` bytes, so
+    a restore that would exceed it waits for another to finish. One ring larger than the budget
+    is still allowed when it is the only one."""
+
+    def __init__(self, budget: int = DEFAULT_RING_BUDGET) -> None:
+        self.budget = budget
+        self._cond = threading.Condition()
+        self._idle: list[PooledRing] = []
+        self._bytes = 0  # rings in circulation, leased or idle
+        # Kept alive but out of the budget: a device may still read them, and a lost device must
+        # not leave every later restore waiting for memory that never comes back.
+        self._quarantined: list[PooledRing] = []
+
+    @property
+    def allocated_bytes(self) -> int:
+        with self._cond:
+            return self._bytes
+
+    @contextlib.contextmanager
+    def lease(self, slots: int, slot_bytes: int) -> Iterator[PooledRing]:
+        pooled = self._take(slots, slot_bytes)
+        try:
+            yield pooled
+        finally:
+            with self._cond:
+                if pooled.quarantined or pooled.ring.leased:
+                    # A pipeline that still holds the ring (never cancelled) or a device that may
+                    # still read it: keep the memory alive and out of circulation.
+                    self._quarantined.append(pooled)
+                    self._bytes -= pooled.nbytes
+                else:
+                    self._idle.append(pooled)
+                self._cond.notify_all()
+
+    def _take(self, slots: int, slot_bytes: int) -> PooledRing:
+        need = slots * slot_bytes
+        with self._cond:
+            while True:
+                match = next((r for r in self._idle if (r.ring.slots, r.ring.slot_size) == (slots, slot_bytes)), None)
+                if match is not None:
+                    self._idle.remove(match)
+                    return match
+                if self._bytes + need > self.budget and self._idle:
+                    self._retire(self._idle.pop(0))  # an idle ring of another geometry makes room
+                    continue
+                if self._bytes + need <= self.budget or self._bytes == 0:
+                    self._bytes += need
+                    break
+                self._cond.wait()  # every ring is in use by another restore
+        try:
+            return PooledRing(_native.Ring(slots, slot_bytes))
+        except BaseException:
+            with self._cond:
+                self._bytes -= need
+                self._cond.notify_all()
+            raise
+
+    def _retire(self, pooled: PooledRing) -> None:
+        if pooled.unpin is not None:
+            pooled.unpin()
+        self._bytes -= pooled.nbytes
+
+
+def _default_budget() -> int:
+    value = os.environ.get("SNAPLOAD_RING_BUDGET_BYTES")
+    if value is None:
+        return DEFAULT_RING_BUDGET
+    try:
+        budget = int(value)
+    except ValueError:
+        raise ValueError(f"SNAPLOAD_RING_BUDGET_BYTES={value!r} is not a number of bytes") from None
+    if budget <= 0:
+        raise ValueError(f"SNAPLOAD_RING_BUDGET_BYTES={value!r} must be positive")
+    return budget
+
+
+_POOL: RingPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def ring_pool() -> RingPool:
+    """The process-wide pool (budget: ``SNAPLOAD_RING_BUDGET_BYTES``, default 512 MiB)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = RingPool(_default_budget())
+        return _POOL
 
 
 def check_options(chunk_bytes: int, slots: int, mode: str) -> None:
@@ -170,12 +285,18 @@ def restore_to_host(
     measure the read side on machines without a GPU."""
     import torch
 
-    from snapload._restore import tensor_table, views_of
+    from snapload._info import tensor_table
+    from snapload._views import views_of
 
     check_options(chunk_bytes, slots, read_mode)
     snap = _native.Snapshot(os.fspath(path))
-    ring = shared_ring(slots, chunk_bytes)
-    pipeline = _native.Pipeline(snap, ring, threads or default_threads(), read_mode, verify)
-    arena = torch.empty(pipeline.arena_size, dtype=torch.uint8)
-    stats = drive(pipeline, ring, HostCopyEngine(arena.data_ptr(), arena.numel(), lag=lag))
+    with ring_pool().lease(slots, chunk_bytes) as lease:
+        pipeline = _native.Pipeline(snap, lease.ring, threads or default_threads(), read_mode, verify)
+        try:
+            arena = torch.empty(pipeline.arena_size, dtype=torch.uint8)
+            engine = HostCopyEngine(arena.data_ptr(), arena.numel(), lag=lag)
+            stats = drive(pipeline, lease.ring, engine, lease=lease)
+        except BaseException:
+            pipeline.cancel()  # joins the readers: the ring goes back to the pool clean
+            raise
     return views_of(arena, tensor_table(snap), pipeline.dst_offsets, path=path), stats

@@ -10,29 +10,9 @@ import torch
 
 from snapload import _native
 from snapload._info import SnapshotInfo, TensorInfo, open, tensor_table
-from snapload.dtypes import to_torch
+from snapload._views import views_of
 
 __all__ = ["SnapshotInfo", "TensorInfo", "open", "restore", "restore_cpu", "tensor_table", "views_of"]
-
-
-def views_of(
-    base: torch.Tensor, table: list[TensorInfo], offsets: list[int] | None = None, *, path: object = None
-) -> dict[str, torch.Tensor]:
-    """Tensors as views of ``base``, a flat uint8 tensor: at each tensor's file offset (``base``
-    holds the whole file) or at ``offsets[i]`` (a device arena laid out by the pipeline). Aliases
-    are the very same tensor object as their target, so tying survives."""
-    out: dict[str, torch.Tensor] = {}
-    for i, t in enumerate(table):
-        if t.alias_of is not None:
-            out[t.name] = out[t.alias_of]
-            continue
-        dtype = to_torch(t.dtype, path=path, tensor=t.name)
-        if t.length == 0:
-            out[t.name] = torch.empty(t.shape, dtype=dtype, device=base.device)
-            continue
-        start = t.offset if offsets is None else offsets[i]
-        out[t.name] = base[start : start + t.length].view(dtype).view(t.shape)
-    return out
 
 
 POPULATE_MODES = ("auto", "none", "background", "sync")

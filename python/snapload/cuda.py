@@ -8,6 +8,12 @@ the DMA, and torch's allocator frees the arena when the last tensor using it is 
 
 The reader threads start before CUDA is initialised, so context creation (hundreds of ms) and
 the first reads overlap.
+
+Ordering: the arena comes from torch's allocator on the current stream, and the copy streams are
+non-blocking, so each copy stream first waits on an event recorded on the allocating stream (the
+memory may still be in use by work queued there before it was freed and handed to us). The
+tensors are handed out only after every copy's event has completed on the host, so any stream
+may use them at once.
 """
 
 from __future__ import annotations
@@ -20,16 +26,18 @@ from typing import Any
 import torch
 
 from snapload import _native
+from snapload._info import tensor_table
 from snapload._pipeline import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_SLOTS,
     PipelineStats,
+    PooledRing,
     check_options,
     default_threads,
     drive,
-    shared_ring,
+    ring_pool,
 )
-from snapload._restore import tensor_table, views_of
+from snapload._views import views_of
 from snapload.errors import CudaUnavailableError, SnapshotError
 
 DEFAULT_STREAMS = 2
@@ -64,22 +72,41 @@ def check(cu: Any, result: Any, what: str) -> Any:
 
 class CudaCopyEngine:
     """Async host-to-device copies from ring slots into ``arena_address``, round-robin over a
-    few streams, one event per slot."""
+    few streams, one event per slot. ``after_stream`` (a raw ``CUstream`` handle, such as torch's
+    current stream that allocated the arena) must reach this point before any copy starts."""
 
-    def __init__(self, cu: Any, arena_address: int, arena_size: int, slots: int, streams: int = DEFAULT_STREAMS):
+    def __init__(
+        self,
+        cu: Any,
+        arena_address: int,
+        arena_size: int,
+        slots: int,
+        streams: int = DEFAULT_STREAMS,
+        *,
+        after_stream: int | None = None,
+    ):
         self.cu = cu
         self.arena_address = arena_address
         self.arena_size = arena_size
-        self.streams = [
-            check(cu, cu.cuStreamCreate(cu.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate")
-            for _ in range(max(1, streams))
-        ]
-        self.events = [
-            check(cu, cu.cuEventCreate(cu.CUevent_flags.CU_EVENT_DISABLE_TIMING), "cuEventCreate")
-            for _ in range(slots)
-        ]
+        self.streams: list[Any] = []
+        self.events: list[Any] = []
         self._in_flight: collections.deque[int] = collections.deque()
         self._next_stream = 0
+        try:
+            for _ in range(max(1, streams)):
+                flags = cu.CUstream_flags.CU_STREAM_NON_BLOCKING
+                self.streams.append(check(cu, cu.cuStreamCreate(flags), "cuStreamCreate"))
+            for _ in range(slots + (after_stream is not None)):
+                flags = cu.CUevent_flags.CU_EVENT_DISABLE_TIMING
+                self.events.append(check(cu, cu.cuEventCreate(flags), "cuEventCreate"))
+            if after_stream is not None:
+                ready = self.events[slots]
+                check(cu, cu.cuEventRecord(ready, cu.CUstream(after_stream)), "cuEventRecord")
+                for stream in self.streams:
+                    check(cu, cu.cuStreamWaitEvent(stream, ready, 0), "cuStreamWaitEvent")
+        except BaseException:
+            self.close()  # no stream or event outlives a failed setup
+            raise
 
     def copy(self, slot: int, host_address: int, dst_offset: int, length: int) -> None:
         if dst_offset + length > self.arena_size:
@@ -123,20 +150,28 @@ class CudaCopyEngine:
         self.events, self.streams = [], []
 
 
-_REGISTERED: set[int] = set()
-
-
-def pin_ring(cu: Any, ring: _native.Ring) -> bool:
-    """Page-lock the ring's buffers once per process (pinning runs at only a few GB/s, so it is
-    never redone per restore). Returns False, copies then being pageable, if the driver refuses."""
-    if id(ring) in _REGISTERED:
+def pin_ring(cu: Any, pooled: PooledRing) -> bool:
+    """Page-lock a pooled ring's buffers once for its life (pinning is slow, so it is never
+    redone per restore); the pool unpins them if it ever frees the ring. Returns False, copies
+    then being pageable, if the driver refuses (what was registered is undone)."""
+    if pooled.pinned:
         return True
+    ring = pooled.ring
     flags = cu.CU_MEMHOSTREGISTER_PORTABLE if hasattr(cu, "CU_MEMHOSTREGISTER_PORTABLE") else 1
+    registered: list[int] = []
+
+    def unpin() -> None:
+        for address in registered:
+            cu.cuMemHostUnregister(address)
+        registered.clear()
+
     for address in ring.addresses:
         (err,) = cu.cuMemHostRegister(address, ring.slot_size, flags)
         if err != cu.CUresult.CUDA_SUCCESS:
+            unpin()
             return False
-    _REGISTERED.add(id(ring))
+        registered.append(address)
+    pooled.pinned, pooled.unpin = True, unpin
     return True
 
 
@@ -180,24 +215,34 @@ def restore_with_stats(
     cu = load_driver()
     dev = _resolve(torch.device(device))
     snap = _native.Snapshot(os.fspath(path))
-    ring = shared_ring(slots, chunk_bytes)
-    # Readers start now, while the CUDA context and the arena are being set up below.
-    pipeline = _native.Pipeline(snap, ring, threads or default_threads(), read_mode, verify)
+    with ring_pool().lease(slots, chunk_bytes) as lease:
+        # Readers start now, while the CUDA context and the arena are being set up below.
+        pipeline = _native.Pipeline(snap, lease.ring, threads or default_threads(), read_mode, verify)
+        arena, stats, pinned = _stream_into_arena(cu, pipeline, lease, dev, streams, path)
+    stats.extra.update(pinned=pinned, seconds=time.perf_counter() - start, device=str(dev))
+    return views_of(arena, tensor_table(snap), pipeline.dst_offsets, path=path), stats
+
+
+def _stream_into_arena(
+    cu: Any, pipeline: _native.Pipeline, lease: PooledRing, dev: torch.device, streams: int, path: object
+) -> tuple[torch.Tensor, PipelineStats, bool]:
     engine = None
     try:
         arena = _allocate_arena(pipeline.arena_size, dev, path)
         with torch.cuda.device(dev):
-            pinned = pin_ring(cu, ring)
-            engine = CudaCopyEngine(cu, arena.data_ptr(), arena.numel(), ring.slots, streams)
-            stats = drive(pipeline, ring, engine)
+            pinned = pin_ring(cu, lease)
+            allocating_stream = torch.cuda.current_stream(dev).cuda_stream
+            engine = CudaCopyEngine(
+                cu, arena.data_ptr(), arena.numel(), lease.ring.slots, streams, after_stream=allocating_stream
+            )
+            stats = drive(pipeline, lease.ring, engine, lease=lease)
     except BaseException:
-        pipeline.cancel()
+        pipeline.cancel()  # joins the readers before the ring goes back to the pool
         raise
     finally:
         if engine is not None:
             engine.close()
-    stats.extra.update(pinned=pinned, seconds=time.perf_counter() - start, device=str(dev))
-    return views_of(arena, tensor_table(snap), pipeline.dst_offsets, path=path), stats
+    return arena, stats, pinned
 
 
 def restore(path: str | os.PathLike[str], device: str | torch.device = "cuda", **options: Any) -> dict[str, torch.Tensor]:

@@ -93,8 +93,25 @@ impl Drop for AlignedBuf {
 
 /// The bounded ring of host buffers. It outlives every pipeline that uses it (they hold an
 /// `Arc`), so buffers registered with a driver stay valid until the ring itself is dropped.
+///
+/// A ring serves one pipeline at a time: `Pipeline::start` takes its lease and gives it back only
+/// once every reader thread has been joined. The slot protocol (the free list) is per pipeline,
+/// so two pipelines on one ring would hand the same buffer to two writers; the lease makes that
+/// an error instead of silent corruption.
 pub struct Ring {
     bufs: Vec<AlignedBuf>,
+    leased: AtomicBool,
+}
+
+/// Exclusive use of a ring; dropping it makes the ring available to the next pipeline.
+pub struct RingLease {
+    ring: Arc<Ring>,
+}
+
+impl Drop for RingLease {
+    fn drop(&mut self) {
+        self.ring.leased.store(false, Ordering::Release);
+    }
 }
 
 impl Ring {
@@ -102,7 +119,23 @@ impl Ring {
         if slots == 0 {
             return Err(Error::InvalidArgument("a ring needs at least one slot".into()));
         }
-        Ok(Ring { bufs: (0..slots).map(|_| AlignedBuf::new(slot_size)).collect::<Result<_>>()? })
+        Ok(Ring { bufs: (0..slots).map(|_| AlignedBuf::new(slot_size)).collect::<Result<_>>()?, leased: AtomicBool::new(false) })
+    }
+
+    /// Take the ring for one pipeline, or fail at once if another pipeline holds it (callers that
+    /// share rings between threads keep a pool and wait there; see `snapload._pipeline.RingPool`).
+    pub fn lease(ring: &Arc<Ring>) -> Result<RingLease> {
+        if ring.leased.swap(true, Ordering::AcqRel) {
+            return Err(Error::InvalidArgument(
+                "this ring is in use by another restore: each concurrent restore needs a ring of its own".into(),
+            ));
+        }
+        Ok(RingLease { ring: ring.clone() })
+    }
+
+    /// Whether a pipeline holds the ring now.
+    pub fn is_leased(&self) -> bool {
+        self.leased.load(Ordering::Acquire)
     }
 
     pub fn slots(&self) -> usize {
@@ -270,14 +303,19 @@ struct Shared {
 
 pub struct Pipeline {
     shared: Arc<Shared>,
-    handles: Vec<JoinHandle<()>>,
+    /// Reader threads; `cancel` and `finish` join them (under this lock, so a concurrent
+    /// `cancel` returns only once no reader can touch the ring any more).
+    handles: Mutex<Vec<JoinHandle<()>>>,
     layout: ArenaLayout,
+    /// Released after the readers are joined (field order: dropped after `handles` is emptied).
+    lease: Mutex<Option<RingLease>>,
 }
 
 impl Pipeline {
     /// Start reader threads at once; the consumer may still be setting up its device.
     pub fn start(snapshot: Arc<Snapshot>, ring: Arc<Ring>, options: &Options) -> Result<Pipeline> {
         let path = snapshot.path().to_owned();
+        let lease = Ring::lease(&ring)?;
         let layout = arena_layout(snapshot.header());
         let chunks = chunk_spans(&layout.spans, ring.slot_size() as u64);
         // SAFETY: read-only shared mapping of a file we hold open, sized to the validated header
@@ -333,8 +371,17 @@ impl Pipeline {
                     .spawn(move || s.run_worker())
                     .map_err(|e| Error::io(&path, "spawn reader thread", e))
             })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Pipeline { shared, handles, layout })
+            .collect::<Result<Vec<_>>>();
+        let handles = match handles {
+            Ok(h) => h,
+            Err(e) => {
+                // Some readers may have started: stop them before the lease goes back.
+                shared.lock().cancelled = true;
+                shared.wake.notify_all();
+                return Err(e);
+            }
+        };
+        Ok(Pipeline { shared, handles: Mutex::new(handles), layout, lease: Mutex::new(Some(lease)) })
     }
 
     pub fn layout(&self) -> &ArenaLayout {
@@ -343,6 +390,12 @@ impl Pipeline {
 
     pub fn chunk_count(&self) -> usize {
         self.shared.chunks.len()
+    }
+
+    /// Reader threads that have not returned yet (each holds a reference to the shared state
+    /// until its last statement). Zero after `cancel` or `finish`.
+    pub fn readers_alive(&self) -> usize {
+        Arc::strong_count(&self.shared) - 1
     }
 
     /// The next filled slot, blocking until one is ready; `None` once every chunk was delivered.
@@ -391,15 +444,19 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Stop readers at their next step; `next_filled` then fails with `Cancelled`.
+    /// Stop the readers and wait until every one of them has returned (a read in progress
+    /// finishes first), then give the ring's lease back; `next_filled` then fails with
+    /// `Cancelled`. Slots the consumer still holds are the consumer's to drain before it reuses
+    /// the ring.
     pub fn cancel(&self) {
         self.shared.lock().cancelled = true;
         self.shared.wake.notify_all();
+        self.join();
     }
 
     /// Join the readers and, with `verify`, check every tensor's checksum from the pieces the
     /// readers hashed as they went (no second pass over the data).
-    pub fn finish(mut self) -> Result<Stats> {
+    pub fn finish(self) -> Result<Stats> {
         self.join();
         let s = &self.shared;
         {
@@ -427,19 +484,19 @@ impl Pipeline {
         Ok(Stats { chunks: s.chunks.len() as u64, bytes: mmap + direct + buffered, mmap_bytes: mmap, direct_bytes: direct, buffered_bytes: buffered })
     }
 
-    fn join(&mut self) {
-        for h in self.handles.drain(..) {
+    /// Join every reader, then release the ring. Idempotent.
+    fn join(&self) {
+        let mut handles = self.handles.lock().expect("no panics while held");
+        for h in handles.drain(..) {
             let _ = h.join();
         }
+        drop(self.lease.lock().expect("no panics while held").take());
     }
 }
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        if !self.handles.is_empty() {
-            self.cancel();
-            self.join();
-        }
+        self.cancel();
     }
 }
 

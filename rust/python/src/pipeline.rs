@@ -41,6 +41,12 @@ impl PyRing {
     fn addresses(&self) -> Vec<usize> {
         self.inner.addresses()
     }
+
+    /// Whether a pipeline holds this ring now (a second one would be refused).
+    #[getter]
+    fn leased(&self) -> bool {
+        self.inner.is_leased()
+    }
 }
 
 #[pyclass(name = "Pipeline", module = "snapload._native", frozen)]
@@ -93,9 +99,19 @@ impl PyPipeline {
         self.inner.with(|p| p.release(slot)).map_err(to_pyerr)
     }
 
-    /// Stop the readers; a no-op once finished, so error paths may always call it.
-    fn cancel(&self) {
-        self.inner.if_open(Pipeline::cancel);
+    /// Stop the readers and wait for them to return, which gives the ring back; a no-op once
+    /// finished, so error paths may always call it.
+    fn cancel(&self, py: Python<'_>) -> PyResult<()> {
+        without_gil(py, || {
+            self.inner.if_open(Pipeline::cancel);
+            Ok(())
+        })
+    }
+
+    /// Reader threads still running (0 once cancelled or finished).
+    #[getter]
+    fn readers_alive(&self) -> usize {
+        self.inner.with(|p| Ok(p.readers_alive())).unwrap_or(0)
     }
 
     /// Join the readers, check checksums (with verify) and return byte counts per read path.
