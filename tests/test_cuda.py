@@ -3,6 +3,9 @@ these share with the host sink is covered on the CPU by tests/test_pipeline.py."
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import pytest
 import torch
 
@@ -45,6 +48,101 @@ def test_restore_to_cuda_is_exact_and_one_arena(snap_path: str, read_mode: str) 
     base = nonempty[0].untyped_storage().data_ptr()
     assert all(t.untyped_storage().data_ptr() == base for t in nonempty), "all tensors are views of one arena"
     assert stats.bytes >= sum(t.nbytes for k, t in expected.items() if k != "tied")
+    assert stats.extra["pinned"] is True, "the ring must be page-locked, or copies run at pageable speed"
+
+
+class CountingDriver:
+    """The real cuda-python driver, counting streams and events created and destroyed, and
+    failing the Nth host-to-device copy on request."""
+
+    def __init__(self, real: Any, fail_copy_at: int | None = None) -> None:
+        self._real = real
+        self.fail_copy_at = fail_copy_at
+        self.copies = 0
+        self.streams: set[int] = set()
+        self.events: set[int] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def cuStreamCreate(self, *a: Any) -> Any:
+        r = self._real.cuStreamCreate(*a)
+        self.streams.add(int(r[1]))
+        return r
+
+    def cuStreamDestroy(self, s: Any) -> Any:
+        self.streams.discard(int(s))
+        return self._real.cuStreamDestroy(s)
+
+    def cuEventCreate(self, *a: Any) -> Any:
+        r = self._real.cuEventCreate(*a)
+        self.events.add(int(r[1]))
+        return r
+
+    def cuEventDestroy(self, e: Any) -> Any:
+        self.events.discard(int(e))
+        return self._real.cuEventDestroy(e)
+
+    def cuMemcpyHtoDAsync(self, *a: Any) -> Any:
+        if self.fail_copy_at is not None and self.copies == self.fail_copy_at:
+            return (self._real.CUresult.CUDA_ERROR_INVALID_VALUE,)
+        self.copies += 1
+        return self._real.cuMemcpyHtoDAsync(*a)
+
+
+def test_an_injected_copy_error_leaves_no_stream_or_event_and_the_ring_serves_again(snap_path: str, monkeypatch) -> None:
+    import snapload.cuda as cuda
+
+    real = cuda.load_driver()
+    counting = CountingDriver(real, fail_copy_at=3)
+    monkeypatch.setattr(cuda, "load_driver", lambda: counting)
+    with pytest.raises(cuda.CudaError, match="cuMemcpyHtoDAsync"):
+        cuda.restore(snap_path, "cuda", chunk_bytes=1 << 20, slots=3)
+    assert counting.streams == set() and counting.events == set(), "streams or events leaked"
+    counting.fail_copy_at = None
+    tensors = cuda.restore(snap_path, "cuda", chunk_bytes=1 << 20, slots=3, verify=True)
+    assert all(torch.equal(tensors[k].cpu(), v) for k, v in _state().items())
+    assert counting.streams == set() and counting.events == set()
+
+
+def test_concurrent_cuda_restores_from_threads_are_bit_exact(tmp_path) -> None:
+    snaps = []
+    for seed in (1, 2):
+        g = torch.Generator().manual_seed(seed)
+        state = {f"t{i}": torch.randint(-(2**31), 2**31 - 1, (1 << 20,), dtype=torch.int32, generator=g) for i in range(24)}
+        path = str(tmp_path / f"m{seed}.snap")
+        snapload.snapshot(state, path)
+        snaps.append((path, state))
+    errors: list[str] = []
+
+    def restores(path: str, state: dict[str, torch.Tensor]) -> None:
+        try:
+            for k in range(6):
+                got = snapload.restore(path, "cuda", chunk_bytes=1 << 20, slots=4)
+                errors.extend(f"{path} #{k} {n}" for n, v in state.items() if not torch.equal(got[n].cpu(), v))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=restores, args=s) for s in snaps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a restore thread hung"
+    assert not errors, errors[:5]
+
+
+def test_a_restore_on_a_side_stream_sees_the_arena_ordered(snap_path: str) -> None:
+    # The arena is allocated on the caller's current stream; copies on the engine's own streams
+    # must wait for it, and the tensors must be complete for work queued on that stream after.
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # queue work ahead of the allocation on this stream
+        tensors = snapload.restore(snap_path, "cuda", chunk_bytes=1 << 20, slots=3)
+        host = {k: v.cpu() for k, v in tensors.items()}  # ordered on the side stream
+    side.synchronize()
+    for k, v in _state().items():
+        assert torch.equal(host[k], v), k
 
 
 def test_arena_is_freed_with_the_last_tensor(snap_path: str) -> None:

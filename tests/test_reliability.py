@@ -394,54 +394,7 @@ def test_threads_restore_at_once(tmp_path: Path) -> None:
     assert len(seen) == 80
 
 
-# --- (d) The GIL is released during long native calls --------------------------------------------
-
-
-class Counter(threading.Thread):
-    """Counts loop iterations; progress while the main thread is inside a native call proves
-    that call released the GIL (a thread that holds it gets at most one switch interval)."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.n = 0
-        self.stop = False
-
-    def run(self) -> None:
-        while not self.stop:
-            self.n += 1
-
-
-def progress_during(call: Callable[[], Any]) -> tuple[float, float]:
-    """(iterations per second while ``call`` runs, iterations per second while idle)."""
-    counter = Counter()
-    counter.start()
-    time.sleep(0.05)
-    n0, t0 = counter.n, time.perf_counter()
-    time.sleep(0.3)
-    idle_rate = (counter.n - n0) / (time.perf_counter() - t0)
-    n0, t0 = counter.n, time.perf_counter()
-    call()
-    busy_rate = (counter.n - n0) / (time.perf_counter() - t0)
-    duration = time.perf_counter() - t0
-    counter.stop = True
-    counter.join()
-    assert duration > 0.05, f"call took {duration:.3f}s: too short to tell anything"
-    return busy_rate, idle_rate
-
-
-def test_gil_released_during_verify(tmp_path: Path) -> None:
-    path = tmp_path / "big.snap"
-    # Sparse, so verify's reads fault in fresh zero pages: slow enough to measure.
-    write_sparse_snapshot(path, [("w", "uint8", (256 << 20,))], itemsize={"uint8": 1})
-    busy, idle = progress_during(lambda: snapload.restore(path, verify=True, threads=1))
-    assert busy > 0.1 * idle, f"other threads ran at {busy:.0f}/s during verify vs {idle:.0f}/s idle"
-
-
-def test_gil_released_during_write(tmp_path: Path) -> None:
-    path = tmp_path / "big.snap"
-    state = {"w": torch.ones(96 << 20, dtype=torch.uint8)}
-    busy, idle = progress_during(lambda: snapload.snapshot(state, path, threads=1))
-    assert busy > 0.1 * idle, f"other threads ran at {busy:.0f}/s during write vs {idle:.0f}/s idle"
+# --- (d) The GIL is released during long native calls: tests/test_gil.py -------------------------
 
 
 # --- (e) Replacing a snapshot while its tensors are in use ---------------------------------------

@@ -22,7 +22,7 @@ impl PyRing {
     /// `slots` page-aligned host buffers of `slot_size` bytes each (a multiple of 4096).
     #[new]
     fn new(py: Python<'_>, slots: usize, slot_size: usize) -> PyResult<Self> {
-        let inner = without_gil(py, || Ring::new(slots, slot_size))?;
+        let inner = without_gil(py, "Ring()", || Ring::new(slots, slot_size))?;
         Ok(PyRing { inner: Arc::new(inner) })
     }
 
@@ -65,7 +65,7 @@ impl PyPipeline {
     fn new(py: Python<'_>, snapshot: PyRef<'_, PySnapshot>, ring: PyRef<'_, PyRing>, threads: usize, mode: &str, verify: bool) -> PyResult<Self> {
         let mode: ReadMode = mode.parse().map_err(to_pyerr)?;
         let (snap, ring) = (snapshot.inner().clone(), ring.inner.clone());
-        let p = without_gil(py, || Pipeline::start(snap, ring, &Options { threads, mode, verify }))?;
+        let p = without_gil(py, "Pipeline()", || Pipeline::start(snap, ring, &Options { threads, mode, verify }))?;
         let layout = p.layout().clone();
         let chunks = p.chunk_count();
         Ok(PyPipeline { inner: Closable::new(p, "pipeline"), arena_size: layout.arena_size, dst_offsets: layout.dst_offsets, chunks })
@@ -90,7 +90,7 @@ impl PyPipeline {
 
     /// Wait for the next filled slot: `(slot, dst_offset, length)`, or `None` when all are done.
     fn next_filled(&self, py: Python<'_>) -> PyResult<Option<(usize, u64, u64)>> {
-        let f = without_gil(py, || self.inner.with(|p| p.next_filled()))?;
+        let f = without_gil(py, "Pipeline.next_filled", || self.inner.with(|p| p.next_filled()))?;
         Ok(f.map(|f| (f.slot, f.dst_offset, f.len)))
     }
 
@@ -102,7 +102,7 @@ impl PyPipeline {
     /// Stop the readers and wait for them to return, which gives the ring back; a no-op once
     /// finished, so error paths may always call it.
     fn cancel(&self, py: Python<'_>) -> PyResult<()> {
-        without_gil(py, || {
+        without_gil(py, "Pipeline.cancel", || {
             self.inner.if_open(Pipeline::cancel);
             Ok(())
         })
@@ -117,7 +117,7 @@ impl PyPipeline {
     /// Join the readers, check checksums (with verify) and return byte counts per read path.
     fn finish(&self, py: Python<'_>) -> PyResult<BTreeMap<&'static str, u64>> {
         let p = self.inner.take()?;
-        let s = without_gil(py, move || p.finish())?;
+        let s = without_gil(py, "Pipeline.finish", move || p.finish())?;
         Ok(BTreeMap::from([
             ("chunks", s.chunks),
             ("bytes", s.bytes),

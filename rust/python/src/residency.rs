@@ -12,13 +12,13 @@ use crate::snapshot::PyMapping;
 /// `(resident_bytes, file_size)` of a file, from mincore; touches no data.
 #[pyfunction]
 pub fn residency(py: Python<'_>, path: PathBuf) -> PyResult<(u64, u64)> {
-    without_gil(py, || core::residency(&path))
+    without_gil(py, "residency", || core::residency(&path))
 }
 
 /// Drop a file's clean pages from the page cache (posix_fadvise DONTNEED).
 #[pyfunction]
 pub fn evict(py: Python<'_>, path: PathBuf) -> PyResult<()> {
-    without_gil(py, || core::evict(&path))
+    without_gil(py, "evict", || core::evict(&path))
 }
 
 fn priority(background: bool) -> core::Priority {
@@ -37,7 +37,7 @@ impl PyPrefetch {
     #[new]
     #[pyo3(signature = (path, threads=1, chunk=8 << 20, background=true))]
     fn new(py: Python<'_>, path: PathBuf, threads: usize, chunk: u64, background: bool) -> PyResult<Self> {
-        let inner = without_gil(py, || core::Prefetch::start(&path, threads, chunk, priority(background)))?;
+        let inner = without_gil(py, "Prefetch()", || core::Prefetch::start(&path, threads, chunk, priority(background)))?;
         Ok(PyPrefetch { inner })
     }
 
@@ -55,8 +55,10 @@ impl PyPrefetch {
     /// take no page fault and read no disk.
     #[staticmethod]
     #[pyo3(signature = (mapping, threads=4, chunk=64 << 20))]
-    fn of_mapping(mapping: PyRef<'_, PyMapping>, threads: usize, chunk: u64) -> Self {
-        PyPrefetch { inner: mapping.populate(threads, chunk) }
+    fn of_mapping(py: Python<'_>, mapping: PyRef<'_, PyMapping>, threads: usize, chunk: u64) -> PyResult<Self> {
+        let m = &*mapping;
+        let inner = without_gil(py, "Prefetch.of_mapping", || Ok(m.populate(threads, chunk)))?;
+        Ok(PyPrefetch { inner })
     }
 
     /// Let the workers finish on their own; dropping the handle no longer cancels them.
@@ -64,12 +66,15 @@ impl PyPrefetch {
         self.inner.detach();
     }
 
-    fn cancel(&self) {
-        self.inner.cancel();
+    fn cancel(&self, py: Python<'_>) -> PyResult<()> {
+        without_gil(py, "Prefetch.cancel", || {
+            self.inner.cancel();
+            Ok(())
+        })
     }
 
     /// Block (GIL released) until the whole file was pulled in.
     fn wait(&self, py: Python<'_>) -> PyResult<()> {
-        without_gil(py, || self.inner.wait())
+        without_gil(py, "Prefetch.wait", || self.inner.wait())
     }
 }

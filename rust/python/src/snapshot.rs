@@ -33,7 +33,7 @@ impl PySnapshot {
     /// Open and validate a snapshot; reads only the preamble and header.
     #[new]
     fn open(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let inner = without_gil(py, || Snapshot::open(&path))?;
+        let inner = without_gil(py, "Snapshot()", || Snapshot::open(&path))?;
         Ok(PySnapshot { inner: Arc::new(inner) })
     }
 
@@ -77,7 +77,7 @@ impl PySnapshot {
     /// Map the whole file copy-on-write.
     fn map(&self, py: Python<'_>) -> PyResult<PyMapping> {
         let snap = self.inner.clone();
-        let mut mapping = without_gil(py, move || snap.map_private())?;
+        let mut mapping = without_gil(py, "Snapshot.map", move || snap.map_private())?;
         let base = mapping.as_mut_ptr() as usize;
         Ok(PyMapping { mapping: Arc::new(mapping), base, path: self.inner.path().to_owned() })
     }
@@ -87,7 +87,7 @@ impl PySnapshot {
     fn verify(&self, py: Python<'_>, mapping: PyRef<'_, PyMapping>, threads: usize) -> PyResult<()> {
         let snap = &*self.inner;
         let data = mapping.mapping.as_slice();
-        without_gil(py, || snap.verify(data, threads))
+        without_gil(py, "Snapshot.verify", || snap.verify(data, threads))
     }
 }
 

@@ -60,7 +60,7 @@ impl PyWriter {
                 Ok(TensorSpec { name, dtype, shape, alias_of })
             })
             .collect::<PyResult<Vec<_>>>()?;
-        let w = without_gil(py, || SnapshotWriter::create(&path, &specs, alignment, metadata))?;
+        let w = without_gil(py, "Writer()", || SnapshotWriter::create(&path, &specs, alignment, metadata))?;
         Ok(PyWriter { inner: Closable::new(w, "snapshot writer") })
     }
 
@@ -73,7 +73,7 @@ impl PyWriter {
     fn write(&self, py: Python<'_>, index: usize, offset: u64, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let bytes = Bytes::get(data)?;
         let slice = bytes.as_slice();
-        without_gil(py, || self.inner.with(|w| w.write(index, offset, slice)))
+        without_gil(py, "Writer.write", || self.inner.with(|w| w.write(index, offset, slice)))
     }
 
     /// Write many (index, offset, data) pieces with `threads` workers (0: one per core).
@@ -81,17 +81,20 @@ impl PyWriter {
     fn write_many(&self, py: Python<'_>, jobs: Vec<(usize, u64, Bound<'_, PyAny>)>, threads: usize) -> PyResult<()> {
         let held = jobs.iter().map(|(i, o, d)| Ok((*i, *o, Bytes::get(d)?))).collect::<PyResult<Vec<_>>>()?;
         let jobs: Vec<WriteJob<'_>> = held.iter().map(|(index, offset, b)| WriteJob { index: *index, offset: *offset, data: b.as_slice() }).collect();
-        without_gil(py, || self.inner.with(|w| w.write_parallel(&jobs, threads)))
+        without_gil(py, "Writer.write_many", || self.inner.with(|w| w.write_parallel(&jobs, threads)))
     }
 
     /// Write the header, fsync and rename into place.
     fn finish(&self, py: Python<'_>) -> PyResult<()> {
         let w = self.inner.take()?;
-        without_gil(py, move || w.finish().map(|_| ()))
+        without_gil(py, "Writer.finish", move || w.finish().map(|_| ()))
     }
 
     /// Delete the temporary file; the destination is left as it was.
-    fn abort(&self) {
-        self.inner.close();
+    fn abort(&self, py: Python<'_>) -> PyResult<()> {
+        without_gil(py, "Writer.abort", || {
+            self.inner.close();
+            Ok(())
+        })
     }
 }
