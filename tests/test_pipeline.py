@@ -415,3 +415,10 @@ def test_bad_options_are_rejected(snap_path: str) -> None:
 def test_cuda_restore_without_a_gpu_says_why(snap_path: str) -> None:
     with pytest.raises(snapload.CudaUnavailableError, match="no CUDA device|cuda-python"):
         snapload.restore(snap_path, "cuda")
+
+
+def test_stats_report_where_the_time_went(snap_path: str) -> None:
+    _, stats = restore_to_host(snap_path, chunk_bytes=16384, slots=2, threads=1)
+    assert set(stats.phases) == {"first_byte", "wait_readers", "copy_issue", "wait_copies", "tail", "finish"}
+    assert all(v >= 0 for v in stats.phases.values())
+    assert stats.phases["first_byte"] > 0 and stats.phases["copy_issue"] > 0

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -61,6 +62,9 @@ class PipelineStats:
     mmap_bytes: int = 0
     direct_bytes: int = 0
     buffered_bytes: int = 0
+    # Seconds per phase of the drive loop, from the consumer's side (see ``drive``), plus the
+    # callers' own phases (ring pinning, arena allocation) where they time them.
+    phases: dict[str, float] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -77,11 +81,20 @@ def drive(
 
     On any error the readers are cancelled (and joined) and every copy in flight is waited for
     before the error propagates, so the ring can serve the next restore. If even that wait fails
-    (a lost device), copies may still read the ring: ``lease`` is then quarantined, never reused."""
+    (a lost device), copies may still read the ring: ``lease`` is then quarantined, never reused.
+
+    The phases it reports (seconds): ``first_byte`` (start until the first filled slot),
+    ``wait_readers`` (blocked on readers after that), ``copy_issue`` (inside ``engine.copy``),
+    ``wait_copies`` (polling and waiting for copies while the ring was full), ``tail`` (the
+    final drain), ``finish`` (joining readers, checksums)."""
     addresses = ring.addresses
     in_flight = 0
+    clock = time.perf_counter
+    start = clock()
+    first_byte = wait_readers = copy_issue = wait_copies = 0.0
     try:
         while True:
+            t0 = clock()
             for slot in engine.completed():
                 pipeline.release(slot)
                 in_flight -= 1
@@ -89,21 +102,40 @@ def drive(
                 # Readers have no slot to fill: wait for the oldest copy rather than spin.
                 pipeline.release(engine.wait_oldest())
                 in_flight -= 1
+            t1 = clock()
+            wait_copies += t1 - t0
             filled = pipeline.next_filled()
+            t2 = clock()
+            if first_byte == 0.0:
+                first_byte = t2 - start
+            else:
+                wait_readers += t2 - t1
             if filled is None:
                 break
             slot, dst_offset, length = filled
             engine.copy(slot, addresses[slot], dst_offset, length)
             in_flight += 1
+            copy_issue += clock() - t2
+        t3 = clock()
         for slot in engine.drain():
             pipeline.release(slot)
+        t4 = clock()
         counts = pipeline.finish()
+        phases = {
+            "first_byte": first_byte,
+            "wait_readers": wait_readers,
+            "copy_issue": copy_issue,
+            "wait_copies": wait_copies,
+            "tail": t4 - t3,
+            "finish": clock() - t4,
+        }
         return PipelineStats(
             chunks=counts["chunks"],
             bytes=counts["bytes"],
             mmap_bytes=counts["mmap_bytes"],
             direct_bytes=counts["direct_bytes"],
             buffered_bytes=counts["buffered_bytes"],
+            phases=phases,
         )
     except BaseException:
         pipeline.cancel()

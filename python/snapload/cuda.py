@@ -227,15 +227,22 @@ def _stream_into_arena(
     cu: Any, pipeline: _native.Pipeline, lease: PooledRing, dev: torch.device, streams: int, path: object
 ) -> tuple[torch.Tensor, PipelineStats, bool]:
     engine = None
+    clock = time.perf_counter
     try:
+        t0 = clock()
         arena = _allocate_arena(pipeline.arena_size, dev, path)
         with torch.cuda.device(dev):
+            t1 = clock()
             pinned = pin_ring(cu, lease)
+            t2 = clock()
             allocating_stream = torch.cuda.current_stream(dev).cuda_stream
             engine = CudaCopyEngine(
                 cu, arena.data_ptr(), arena.numel(), lease.ring.slots, streams, after_stream=allocating_stream
             )
+            t3 = clock()
             stats = drive(pipeline, lease.ring, engine, lease=lease)
+            # Context creation is in the arena's first allocation; pinning only on a new ring.
+            stats.phases.update(arena_alloc=t1 - t0, pin_ring=t2 - t1, engine_setup=t3 - t2)
     except BaseException:
         pipeline.cancel()  # joins the readers before the ring goes back to the pool
         raise
