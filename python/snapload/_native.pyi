@@ -7,7 +7,7 @@ from typing import Any, final
 __all__ = [
     "BadMagicError", "CancelledError", "ChecksumMismatchError", "CorruptHeaderError", "DTYPES",
     "FORMAT_VERSION", "Mapping", "Pipeline", "Prefetch", "Ring", "Snapshot", "SnapshotError",
-    "SnapshotWriter", "TruncatedFileError", "UnsupportedVersionError", "evict", "residency",
+    "SnapshotWriter", "TruncatedFileError", "UnsupportedVersionError", "_gil_releases", "evict", "residency",
 ]
 
 FORMAT_VERSION: int
