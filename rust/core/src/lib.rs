@@ -16,4 +16,4 @@ pub use error::{Error, Result};
 pub use header::{Header, TensorEntry};
 pub use layout::TensorSpec;
 pub use reader::{Mapping, Snapshot};
-pub use writer::{SnapshotWriter, WriteJob};
+pub use writer::{check_destination, SnapshotWriter, WriteJob};

@@ -11,6 +11,21 @@ use crate::checksum;
 use crate::error::{Error, IoContext, Result};
 use crate::header::{parse_preamble, Header, PREAMBLE_LEN};
 
+/// Open `path` for reading and return it with its size; a folder is `EISDIR` and any other
+/// non-regular file (a device, a FIFO) `InvalidInput`, both naming `path`, instead of whatever a
+/// later `mmap` or read of it would say ("No such device" for a folder).
+pub fn open_regular_file(path: &Path) -> Result<(File, u64)> {
+    let file = File::open(path).at(path, "open")?;
+    let meta = file.metadata().at(path, "stat")?;
+    if meta.is_dir() {
+        return Err(Error::io(path, "open", std::io::Error::from_raw_os_error(libc::EISDIR)));
+    }
+    if !meta.is_file() {
+        return Err(Error::io(path, "open", std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
+    }
+    Ok((file, meta.len()))
+}
+
 /// An open snapshot: the validated header and the open file it came from. The file stays open
 /// for as long as this (and any mapping made from it) lives, so a rename over the path while
 /// tensors are in use changes nothing for them.
@@ -23,15 +38,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn open(path: &Path) -> Result<Snapshot> {
-        let file = File::open(path).at(path, "open")?;
-        let meta = file.metadata().at(path, "stat")?;
-        if meta.is_dir() {
-            return Err(Error::io(path, "open", std::io::Error::from_raw_os_error(libc::EISDIR)));
-        }
-        if !meta.is_file() {
-            return Err(Error::io(path, "open", std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
-        }
-        let size = meta.len();
+        let (file, size) = open_regular_file(path)?;
         let mut preamble = vec![0u8; PREAMBLE_LEN.min(size) as usize];
         file.read_exact_at(&mut preamble, 0).at(path, "read preamble")?;
         let pre = parse_preamble(path, &preamble, size)?;

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use memmap2::MmapOptions;
 
 use crate::error::{Error, IoContext, Result};
-use crate::reader::Mapping;
+use crate::reader::{open_regular_file, Mapping};
 
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -67,15 +67,14 @@ pub fn mapped_resident_bytes(map: &[u8], offset: u64, len: u64) -> std::io::Resu
 
 /// (resident bytes, file size) of a whole file.
 pub fn residency(path: &Path) -> Result<(u64, u64)> {
-    let file = File::open(path).at(path, "open")?;
-    let size = file.metadata().at(path, "stat")?.len();
+    let (file, size) = open_regular_file(path)?;
     Ok((resident_bytes(&file, path, 0, size)?, size))
 }
 
 /// Ask the kernel to drop a file's clean pages from the page cache (a cold-start benchmark's
 /// eviction; pages other processes map stay).
 pub fn evict(path: &Path) -> Result<()> {
-    let file = File::open(path).at(path, "open")?;
+    let (file, _) = open_regular_file(path)?;
     // SAFETY: fadvise on a descriptor we own; length 0 means to the end of the file.
     let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     if rc != 0 {
@@ -137,8 +136,7 @@ pub struct Prefetch {
 impl Prefetch {
     /// Pull a file into the page cache (for a restore that has not mapped it yet).
     pub fn start(path: &Path, threads: usize, chunk: u64, priority: Priority) -> Result<Prefetch> {
-        let file = File::open(path).at(path, "open")?;
-        let total = file.metadata().at(path, "stat")?.len();
+        let (file, total) = open_regular_file(path)?;
         Ok(Self::spawn(path, Source::File(Arc::new(file)), total, threads, chunk, priority))
     }
 

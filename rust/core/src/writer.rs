@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,22 +44,15 @@ pub struct WriteJob<'a> {
 impl SnapshotWriter {
     pub fn create(dest: &Path, specs: &[TensorSpec], alignment: u64, metadata: BTreeMap<String, String>) -> Result<Self> {
         let layout = plan(specs, alignment, metadata)?;
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let file_name = dest
-            .file_name()
-            .ok_or_else(|| Error::InvalidArgument(format!("{}: not a file path", dest.display())))?
-            .to_string_lossy()
-            .into_owned();
+        let (dir, file_name) = check_destination(dest)?;
         remove_stale_temporaries(&dir, &file_name);
         let tmp = dir.join(format!(".{file_name}{TMP_MARKER}{}-{}", std::process::id(), unique_suffix()));
-        let file = OpenOptions::new().write(true).create_new(true).open(&tmp).at(&tmp, "create temporary file")?;
+        // Errors name the destination the caller gave, never the hidden temporary file.
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp).at(dest, "create temporary file")?;
         let pieces = layout.header.tensors.iter().map(|_| Mutex::new(Vec::new())).collect();
         let writer = SnapshotWriter { dest: dest.to_owned(), tmp, file, header: layout.header, header_len: layout.header_len, pieces, finished: false };
         // Sized up front: gaps stay holes (read as zeros) and pieces may land in any order.
-        writer.file.set_len(writer.header.file_size).at(&writer.tmp, "size temporary file")?;
+        writer.file.set_len(writer.header.file_size).at(dest, "size temporary file")?;
         Ok(writer)
     }
 
@@ -88,7 +83,7 @@ impl SnapshotWriter {
             ))
         })?;
         let crc = crc32c::crc32c(data);
-        self.file.write_all_at(data, t.offset + offset).at(&self.tmp, "write tensor data")?;
+        self.file.write_all_at(data, t.offset + offset).at(&self.dest, "write tensor data to the temporary file")?;
         self.pieces[index].lock().expect("no panics while held").push(Piece { start: offset, len: data.len() as u64, crc });
         Ok(())
     }
@@ -154,9 +149,9 @@ impl SnapshotWriter {
         }
         let json = self.header.encode();
         assert_eq!(json.len() as u64, self.header_len, "checksums are fixed width, so the header length is fixed");
-        self.file.write_all_at(&encode_preamble(&json), 0).at(&self.tmp, "write preamble")?;
-        self.file.write_all_at(&json, PREAMBLE_LEN).at(&self.tmp, "write header")?;
-        self.file.sync_all().at(&self.tmp, "fsync temporary file")?;
+        self.file.write_all_at(&encode_preamble(&json), 0).at(&self.dest, "write preamble to the temporary file")?;
+        self.file.write_all_at(&json, PREAMBLE_LEN).at(&self.dest, "write header to the temporary file")?;
+        self.file.sync_all().at(&self.dest, "fsync temporary file")?;
         fs::rename(&self.tmp, &self.dest).at(&self.dest, "rename temporary file into place")?;
         self.finished = true;
         if let Some(dir) = self.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -175,6 +170,33 @@ impl Drop for SnapshotWriter {
             let _ = fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// Check that a snapshot can be published at `dest` before any work is done for it: `dest` names
+/// a file (not a folder), its folder exists, is a folder and is writable. Returns that folder and
+/// the file name. Every error names `dest`, the path the caller gave.
+pub fn check_destination(dest: &Path) -> Result<(PathBuf, String)> {
+    let not_a_file = || Error::InvalidArgument(format!("{}: not a file path", dest.display()));
+    let file_name = dest.file_name().ok_or_else(not_a_file)?.to_string_lossy().into_owned();
+    if dest.is_dir() {
+        return Err(Error::io(dest, "destination is a directory", io::Error::from_raw_os_error(libc::EISDIR)));
+    }
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    match fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(Error::io(dest, "destination's parent is not a directory", io::Error::from_raw_os_error(libc::ENOTDIR))),
+        Err(e) => return Err(Error::io(dest, "destination's directory", e)),
+    }
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|_| not_a_file())?;
+    // SAFETY: access reads the NUL-terminated path we own and writes no memory. W_OK|X_OK is what
+    // creating a file in the folder needs; it also reports a read-only file system (EROFS).
+    if unsafe { libc::access(c_dir.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(Error::io(dest, "destination's directory is not writable", io::Error::last_os_error()));
+    }
+    Ok((dir, file_name))
 }
 
 fn unique_suffix() -> String {

@@ -23,6 +23,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(residency::residency, m)?)?;
     m.add_function(wrap_pyfunction!(residency::evict, m)?)?;
     m.add_function(wrap_pyfunction!(gil::_gil_releases, m)?)?;
+    m.add_function(wrap_pyfunction!(writer::check_destination, m)?)?;
     m.add("FORMAT_VERSION", snapload_core::header::FORMAT_VERSION)?;
     m.add("DTYPES", snapload_core::Dtype::ALL.iter().map(|d| d.name()).collect::<Vec<_>>())?;
     Ok(())
