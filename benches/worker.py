@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from snapload.prefetch import residency
 
     imports_s = time.perf_counter() - t_import
-    fraction = residency(args.path).fraction
+    fraction = residency(args.path, validate=False).fraction  # any loader's file
     mem0 = proc_memory()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()

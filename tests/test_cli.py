@@ -41,7 +41,7 @@ def test_inspect_text(snap: Path, capsys: pytest.CaptureFixture[str]) -> None:
     lines = out.splitlines()
     assert lines[0].startswith(f"{snap}: snapshot v1, alignment 4096")
     row = next(ln for ln in lines if ln.startswith("b "))
-    assert row.split() == ["b", "int64", "[1000]", "7.8", "KiB", str(snapload.open(snap).tensors[2].offset)]
+    assert row.split() == ["b", "int64", "[1000]", "8.0", "kB", str(snapload.open(snap).tensors[2].offset)]
     assert "alias of emb" in next(ln for ln in lines if ln.startswith("head "))
     assert "  note: hi" in lines
     assert any(ln.startswith("  hf.config: {") and "--json shows all" in ln for ln in lines)
@@ -153,7 +153,7 @@ def test_progress_bar_draws_only_on_a_terminal() -> None:
         bar(2 << 20, 2 << 20)
         bar.close()
     assert pipe.getvalue() == ""
-    assert tty.getvalue().startswith("\rconverting [") and "100% 2.0 MiB / 2.0 MiB" in tty.getvalue()
+    assert tty.getvalue().startswith("\rconverting [") and "100% 2.1 MB / 2.1 MB" in tty.getvalue()
     assert tty.getvalue().endswith("\n")
 
 

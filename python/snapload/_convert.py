@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from snapload import _native
+from snapload._hf_metadata import FOLDER_FILES as HF_FOLDER_FILES
 from snapload._restore import SnapshotInfo
 from snapload._info import open as open_snapshot
 from snapload._write import DEFAULT_ALIGNMENT, PlannedTensor, plan_tensors, write_planned
@@ -65,7 +67,6 @@ _HF_SAFETENSORS_INDEX = "model.safetensors.index.json"
 _HF_TORCH = "pytorch_model.bin"
 _HF_TORCH_INDEX = "pytorch_model.bin.index.json"
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-_HF_TEXT_METADATA = {"config.json": "hf.config", "generation_config.json": "hf.generation_config"}
 
 Progress = Callable[[int, int], None]
 
@@ -434,7 +435,7 @@ def _hf_metadata(folder: str) -> dict[str, str]:
     """config.json and generation_config.json, verbatim, so the model can be rebuilt from the
     snapshot alone."""
     out = {}
-    for file, key in _HF_TEXT_METADATA.items():
+    for file, key in HF_FOLDER_FILES.items():
         path = os.path.join(folder, file)
         if not os.path.isfile(path):
             continue
@@ -543,6 +544,7 @@ def convert(
     """
     src, dst = os.fspath(src), os.fspath(dst)
     cast_to = _target_dtype(dtype)
+    _native.check_destination(dst)  # before reading the source: a bad DST fails in milliseconds
     source = _open_source(src)
     entries, metadata = _scan(source)
     metadata.update(source.metadata)

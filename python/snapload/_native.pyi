@@ -7,7 +7,8 @@ from typing import Any, final
 __all__ = [
     "BadMagicError", "CancelledError", "ChecksumMismatchError", "CorruptHeaderError", "DTYPES",
     "FORMAT_VERSION", "Mapping", "Pipeline", "Prefetch", "Ring", "Snapshot", "SnapshotError",
-    "SnapshotWriter", "TruncatedFileError", "UnsupportedVersionError", "_gil_releases", "evict", "residency",
+    "SnapshotWriter", "TruncatedFileError", "UnsupportedVersionError", "_gil_releases", "check_destination", "evict",
+    "residency",
 ]
 
 FORMAT_VERSION: int
@@ -110,3 +111,4 @@ class Prefetch:
 def residency(path: str | PathLike[str]) -> tuple[int, int]: ...
 def _gil_releases() -> dict[str, int]: ...
 def evict(path: str | PathLike[str]) -> None: ...
+def check_destination(path: str | PathLike[str]) -> None: ...

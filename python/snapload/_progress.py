@@ -1,4 +1,5 @@
-"""A byte-count progress bar for the command line, and human-readable sizes and rates."""
+"""A byte-count progress bar for the command line, and human-readable sizes and rates (decimal
+units throughout: kB, MB, GB and GB/s)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from typing import TextIO
 
 
 def format_bytes(n: float) -> str:
-    """``1536`` -> ``"1.5 KiB"``; binary units, as file sizes are usually shown."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
+    """``1500`` -> ``"1.5 kB"``. Decimal units (1 GB = 10^9 bytes), the same as the GB/s of
+    ``format_rate``, so a size and a rate on one line can be divided in one's head."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        n /= 1000
     raise AssertionError("unreachable")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from snapload import _native
+from snapload._hf_metadata import model_metadata
 from snapload.dtypes import to_name
 
 DEFAULT_ALIGNMENT = 4096
@@ -196,8 +197,16 @@ def snapshot(
     Every tensor starts at a multiple of ``alignment`` bytes (4096 by default; 2 MiB suits huge
     pages). Tensors sharing storage exactly (tied weights) are written once and restored as
     aliases. The file appears at ``path`` only when complete (temporary file, fsync, rename).
+
+    A transformers model's config (and generation config) is recorded in the metadata as
+    ``hf.config`` and ``hf.generation_config``, as ``snapload convert`` records a model folder's,
+    so that ``snapload.hf.load_model`` can rebuild it; keys given in ``metadata`` take precedence.
+    ``path`` is checked first (its folder exists and is writable, it is not a folder), before any
+    tensor is read; errors name ``path``.
     """
+    _native.check_destination(os.fspath(path))
+    recorded = {**model_metadata(obj), **check_metadata(metadata)}
     planned = plan_tensors(state_items(obj))
     write_planned(
-        path, planned, metadata=metadata, alignment=alignment, threads=threads, staging_bytes=staging_bytes
+        path, planned, metadata=recorded, alignment=alignment, threads=threads, staging_bytes=staging_bytes
     )

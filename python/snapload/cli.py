@@ -51,8 +51,8 @@ def register_convert(subparsers: Any) -> None:
         description="Convert SRC (a .safetensors file, a torch .pt/.bin file loaded with "
         "weights_only=True, or a Hugging Face model folder) into the snapshot DST.",
     )
-    p.add_argument("src", metavar="SRC")
-    p.add_argument("dst", metavar="DST")
+    p.add_argument("src", metavar="SRC", help="a .safetensors file, a .pt/.bin file or a Hugging Face model folder")
+    p.add_argument("dst", metavar="DST", help="the snapshot file to write (its folder must exist)")
     p.add_argument("--dtype", choices=("bfloat16", "float16"), help="cast floating-point tensors")
     p.add_argument("--alignment", type=int, default=4096, metavar="N", help="tensor alignment in bytes (default 4096)")
     p.set_defaults(handler=run_convert)
@@ -84,8 +84,13 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def register_inspect(subparsers: Any) -> None:
-    p = subparsers.add_parser("inspect", help="list a snapshot's tensors and metadata")
-    p.add_argument("path", metavar="PATH")
+    p = subparsers.add_parser(
+        "inspect",
+        help="list a snapshot's tensors and metadata",
+        description="Read and validate PATH's header (no tensor data is read, torch is not imported) and "
+        "list its tensors (name, dtype, shape, size, offset or alias) and metadata.",
+    )
+    p.add_argument("path", metavar="PATH", help="a snapshot file")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(handler=run_inspect)
 
@@ -174,8 +179,13 @@ def _one_line(value: str, limit: int = 100) -> str:
 
 
 def register_verify(subparsers: Any) -> None:
-    p = subparsers.add_parser("verify", help="check every tensor's CRC32C")
-    p.add_argument("path", metavar="PATH")
+    p = subparsers.add_parser(
+        "verify",
+        help="check every tensor's CRC32C",
+        description="Read every tensor of PATH and check it against the CRC32C recorded in the header, "
+        "in parallel. Exit status 1 names the first tensor that does not match. Does not import torch.",
+    )
+    p.add_argument("path", metavar="PATH", help="a snapshot file")
     p.add_argument("--threads", type=int, default=0, metavar="N", help="worker threads (default: one per core)")
     p.set_defaults(handler=run_verify)
 

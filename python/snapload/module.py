@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -58,6 +59,74 @@ def _slots(module: nn.Module) -> dict[str, tuple[nn.Module, str, bool]]:
     return slots
 
 
+def _non_persistent_buffer_names(module: nn.Module) -> set[str]:
+    names = set()
+    for prefix, sub in module.named_modules(remove_duplicate=False):
+        dot = f"{prefix}." if prefix else ""
+        names.update(dot + name for name in sub._non_persistent_buffers_set)
+    return names
+
+
+def _ignorable_unexpected(module: nn.Module) -> re.Pattern[str] | None:
+    """The unexpected keys transformers' ``from_pretrained`` drops without a word, as one regex
+    (``PreTrainedModel._adjust_missing_and_unexpected_keys``): the model's
+    ``_keys_to_ignore_on_load_unexpected`` patterns (searched, not matched), old per-layer
+    ``rotary_emb.inv_freq`` keys when the model has such a buffer, and ``position_ids`` when the
+    model has such a buffer (persistent in older releases, so old checkpoints carry it). Plain
+    modules declare none of these and get ``load_state_dict``'s strictness."""
+    patterns = set(getattr(module, "_keys_to_ignore_on_load_unexpected", None) or ())
+    buffers = [name for name, _ in module.named_buffers()]
+    if any(b.endswith("rotary_emb.inv_freq") for b in buffers):
+        patterns.add(r"rotary_emb\.inv_freq")
+    if any(b.endswith("position_ids") for b in buffers):
+        patterns.add(r"(^|\.)position_ids$")
+    if not patterns:
+        return None
+    return re.compile("|".join(f"({p})" for p in sorted(patterns)))
+
+
+def match_keys(
+    module: nn.Module, names: Iterable[str], slots: dict[str, tuple[nn.Module, str, bool]] | None = None
+) -> tuple[dict[str, str], list[str], list[str]]:
+    """Match a module's state-dict slots with a snapshot's tensor names, as ``from_pretrained``
+    does: ``(sources, missing, unexpected)``, where ``sources`` maps each slot that will be filled
+    to the snapshot name it is filled from.
+
+    A slot absent from the snapshot is filled through a tie when the module shares that very
+    tensor with a slot the snapshot has (``save_pretrained`` writes tied weights once, so
+    ``lm_head.weight`` or T5's ``encoder.embed_tokens.weight`` are absent); otherwise it is missing.
+    Extra names the module declares ignorable (``_ignorable_unexpected``, non-persistent buffers)
+    are skipped; any other is unexpected."""
+    ordered = list(names)
+    names = set(ordered)
+    slots = _slots(module) if slots is None else slots
+    by_tensor: dict[int, list[str]] = {}
+    for key, (sub, attr, is_param) in slots.items():
+        obj = sub._parameters[attr] if is_param else sub._buffers[attr]
+        by_tensor.setdefault(id(obj), []).append(key)
+    sources: dict[str, str] = {}
+    missing: list[str] = []
+    for group in by_tensor.values():
+        present = [k for k in group if k in names]
+        for key in group:
+            if key in names:
+                sources[key] = key
+            elif present:
+                sources[key] = present[0]
+            else:
+                missing.append(key)
+    non_persistent = _non_persistent_buffer_names(module)
+    ignorable = _ignorable_unexpected(module)
+    unexpected = [
+        k
+        for k in ordered
+        if k not in slots and k not in non_persistent and (ignorable is None or ignorable.search(k) is None)
+    ]
+    order = {k: i for i, k in enumerate(slots)}
+    missing.sort(key=order.__getitem__)
+    return {k: sources[k] for k in slots if k in sources}, missing, unexpected
+
+
 def restore_module(
     module: nn.Module,
     path: str | os.PathLike[str],
@@ -72,29 +141,33 @@ def restore_module(
     tensors become the restored ones (views of the mapping or of the device arena), with no second
     allocation. Tied parameters stay tied. Keys are checked like ``load_state_dict``; with
     ``strict`` any mismatch raises before the module is touched. Afterwards, anything still on
-    the meta device raises ``MetaTensorError``."""
+    the meta device raises ``MetaTensorError``.
+
+    Snapshot keys that ``from_pretrained`` would ignore are skipped and not reported as
+    unexpected: the module's non-persistent buffers (the constructor's values are kept, as
+    ``from_pretrained`` keeps them) and keys matching its ``_keys_to_ignore_on_load_unexpected``
+    patterns (see ``_ignorable_unexpected``). Any other extra key is unexpected."""
     tensors = restore(path, device, verify=verify, threads=threads, **options)
     slots = _slots(module)
-    missing = [k for k in slots if k not in tensors]
-    unexpected = [k for k in tensors if k not in slots]
+    sources, missing, unexpected = match_keys(module, tensors, slots)
     if strict and (missing or unexpected):
         raise StateDictMismatchError(
             f"{os.fspath(path)}: snapshot does not match {type(module).__name__}: "
             f"missing keys {missing[:20]}{'...' if len(missing) > 20 else ''}, "
             f"unexpected keys {unexpected[:20]}{'...' if len(unexpected) > 20 else ''}"
         )
-    for key, (sub, attr, _) in slots.items():
+    for key, source in sources.items():
+        sub, attr, _ = slots[key]
         current = getattr(sub, attr)
-        if key in tensors and tuple(current.shape) != tuple(tensors[key].shape):
+        if tuple(current.shape) != tuple(tensors[source].shape):
             raise StateDictMismatchError(
-                f"{os.fspath(path)}: tensor {key!r} has shape {tuple(tensors[key].shape)} in the snapshot "
-                f"but {tuple(current.shape)} in the module"
+                f"{os.fspath(path)}: tensor {source!r} has shape {tuple(tensors[source].shape)} in the snapshot "
+                f"but {tuple(current.shape)} in the module" + (f" (at {key!r}, tied to it)" if key != source else "")
             )
     params: dict[int, nn.Parameter] = {}  # one Parameter per restored tensor keeps ties tied
-    for key, (sub, attr, is_param) in slots.items():
-        if key not in tensors:
-            continue
-        t = tensors[key]
+    for key, source in sources.items():
+        sub, attr, is_param = slots[key]
+        t = tensors[source]
         if is_param:
             old = sub._parameters[attr]
             assert old is not None

@@ -13,11 +13,30 @@ from dataclasses import dataclass
 from snapload import _native
 
 
+def validate_snapshot(path: str | os.PathLike[str]) -> None:
+    """Check that ``path`` is a readable, complete snapshot from its header alone, as ``snapload
+    inspect`` does: a folder raises ``IsADirectoryError``, a missing file ``FileNotFoundError``, a
+    file that is not a snapshot ``BadMagicError``, a cut-off one ``TruncatedFileError`` (all
+    naming ``path``). Reads only the header (a few KiB); no torch."""
+    _native.Snapshot(os.fspath(path))
+
+
 def prefetch(
-    path: str | os.PathLike[str], *, threads: int = 1, chunk_bytes: int = 8 << 20, background: bool = True
+    path: str | os.PathLike[str],
+    *,
+    threads: int = 1,
+    chunk_bytes: int = 8 << 20,
+    background: bool = True,
+    validate: bool = True,
 ) -> _native.Prefetch:
     """Start pulling ``path`` into the page cache and return at once; ``.wait()`` blocks until
     done, ``.bytes_done`` tells progress. Dropping the handle cancels what is left.
+
+    ``validate=True`` (the default) first checks that ``path`` is a snapshot from its header (see
+    ``validate_snapshot``), so a wrong path fails here with a clear error rather than warming the
+    wrong bytes. ``validate=False`` prefetches any regular file (a safetensors file, a shared
+    library): the benchmarks use it to give other loaders the same head start. A folder always
+    raises ``IsADirectoryError``.
 
     ``background=True`` (the default) runs the reader threads at the lowest CPU priority (nice 19)
     and in the idle I/O class, so the work they overlap (``import torch`` and its library reads,
@@ -27,6 +46,8 @@ def prefetch(
     that measured faster than two threads with 64 MiB. Each page is read once by the thread that
     brought it in, so that first-access costs (hypervisor faults in a microVM) are paid here rather
     than in the first forward pass. Measured in docs/benchmarks.md (end-to-end cold start)."""
+    if validate:
+        validate_snapshot(path)
     return _native.Prefetch(os.fspath(path), threads, chunk_bytes, background)
 
 
@@ -41,12 +62,20 @@ class Residency:
         return self.resident_bytes / self.size if self.size else 1.0
 
 
-def residency(path: str | os.PathLike[str]) -> Residency:
-    """How much of a file is in the page cache now (mincore; reads nothing)."""
+def residency(path: str | os.PathLike[str], *, validate: bool = True) -> Residency:
+    """How much of a file is in the page cache now (mincore; reads no data).
+
+    ``validate=True`` (the default) also checks that ``path`` is a snapshot, as ``prefetch`` does;
+    the residency is measured first, so reading the header for the check does not count in it
+    (but leaves the header's pages cached). ``validate=False`` measures any regular file and reads
+    nothing at all: use it right after ``evict`` in cold-start measurements."""
     resident, size = _native.residency(os.fspath(path))
+    if validate:
+        validate_snapshot(path)
     return Residency(os.fspath(path), resident, size)
 
 
 def evict(path: str | os.PathLike[str]) -> None:
-    """Drop a file's clean pages from the page cache (for cold-start measurements)."""
+    """Drop a file's clean pages from the page cache (for cold-start measurements). Works on any
+    regular file; a folder raises ``IsADirectoryError``."""
     _native.evict(os.fspath(path))
