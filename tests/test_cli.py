@@ -175,3 +175,75 @@ def test_other_modules_can_add_commands(monkeypatch: pytest.MonkeyPatch, capsys:
     assert run(["hello"], capsys) == (0, "hello\n", "")
     code, _, err = run(["hello", "--fail"], capsys)
     assert code == 1 and err == "snapload: error: x.snap: corrupt header: testing\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# Help texts, units and argument checks
+
+
+def _subparsers() -> dict[str, Any]:
+    import argparse
+
+    parser = cli.build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_subcommand_help_has_a_description(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = _subparsers()
+    assert set(commands) >= {"convert", "inspect", "verify", "warm", "status", "bench"}
+    for name, sub in commands.items():
+        assert sub.description and len(sub.description) > 40, name
+        code, out, _ = run([name, "--help"], capsys)
+        assert code == 0 and " ".join(sub.description.split()[:4]) in " ".join(out.split()), name
+
+
+def test_bench_populate_offers_auto_and_shows_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    from snapload import _restore, bench
+
+    assert bench.POPULATE_MODES == _restore.POPULATE_MODES  # bench cannot import _restore (torch)
+    code, out, _ = run(["bench", "--help"], capsys)
+    flat = " ".join(out.split())
+    assert code == 0 and "{auto,none,background,sync}" in flat and "(default: none)" in flat
+
+
+def test_warm_threads_must_be_at_least_one(snap: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("0", "-3", "x"):
+        code, out, err = run(["warm", str(snap), "--threads", bad], capsys)
+        assert code == 2 and out == "" and "--threads" in err, bad
+    code, out, _ = run(["warm", "--help"], capsys)
+    assert "at least 1 (default 4)" in " ".join(out.split())
+    assert run(["warm", str(snap), "--threads", "1"], capsys)[0] == 0
+
+
+def test_sizes_and_rates_use_one_decimal_unit_system() -> None:
+    assert format_bytes(999) == "999 B"
+    assert format_bytes(1500) == "1.5 kB"
+    assert format_bytes(2_500_000_000) == "2.5 GB"
+    from snapload._progress import format_rate
+
+    assert format_rate(2_000_000_000, 1.0) == "2.00 GB/s"
+
+
+def test_bench_table_says_what_it_compares_against() -> None:
+    from snapload import bench
+
+    def mode(name: str, gbps: float, pread: float) -> dict[str, Any]:
+        r = {"median": 0.1, "min": 0.1, "max": 0.1}
+        return {
+            "mode": name, "eager": False, "populate": "none", "state_ok": True,
+            "resident_before": {"median": 0.0 if name == "cold" else 1.0}, "usable_s": r, "touch_s": r,
+            "total_s": r, "gb_per_s": gbps, "ceiling_gb_per_s": {"median": pread}, "peak_rss_mb": 500.0,
+        }
+
+    table = bench.format_table(
+        {"path": "m.snap", "payload_bytes": 10**9, "tensors": 3, "trials": 1,
+         "modes": [mode("cold", 0.9, 1.8), mode("warm", 20.0, 8.8)]}
+    )
+    assert "ceiling" not in table.splitlines()[2]  # the column header names what was measured
+    header = table.splitlines()[2].split()
+    assert "pread" in header and "vs" in header
+    warm = next(line for line in table.splitlines() if line.startswith("warm"))
+    assert "227%" in warm  # a warm restore beats a copy out of the page cache; the note says why
+    assert "which a restore that maps the file never makes" in table
+    assert "GB = 10^9 bytes" in table and "1.000 GB" in table

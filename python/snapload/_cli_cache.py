@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from snapload._progress import format_bytes, format_rate
-from snapload.prefetch import prefetch, residency, validate_snapshot
+from snapload.prefetch import prefetch, residency
 
 WARM_THREADS = 4
 
@@ -48,9 +48,16 @@ def register_warm(subparsers: Any) -> None:
     p.set_defaults(handler=run_warm)
 
 
+def validate_all(paths: list[str]) -> None:
+    """Every path must be a snapshot before any is touched; same messages as ``inspect``."""
+    from snapload.cli import open_snapshot
+
+    for path in paths:
+        open_snapshot(path)
+
+
 def run_warm(args: argparse.Namespace) -> int:
-    for path in args.paths:
-        validate_snapshot(path)
+    validate_all(args.paths)
     for path in args.paths:
         before = residency(path, validate=False)
         start = time.perf_counter()
@@ -78,7 +85,12 @@ def register_status(subparsers: Any) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    measured = [residency(path) for path in args.paths]  # each measured, then validated
+    from snapload.cli import reject_directory
+
+    for path in args.paths:
+        reject_directory(path)
+    measured = [residency(path, validate=False) for path in args.paths]  # before the headers are read
+    validate_all(args.paths)
     for r in measured:
         print(f"{r.path}: {r.fraction:.1%} resident ({format_bytes(r.resident_bytes)} of {format_bytes(r.size)})")
     return 0

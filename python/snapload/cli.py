@@ -95,17 +95,21 @@ def register_inspect(subparsers: Any) -> None:
     p.set_defaults(handler=run_inspect)
 
 
-def open_snapshot(path: str) -> Any:
-    """``_native.Snapshot(path)``, with a plain message for a folder given instead of a file."""
+def reject_directory(path: str) -> None:
+    """A plain message for a folder given instead of a snapshot file (exit status 2)."""
     if os.path.isdir(path):
         raise UsageError(f"{path}: is a directory, not a snapshot file")
+
+
+def open_snapshot(path: str) -> Any:
+    """``_native.Snapshot(path)``: the header read and validated, errors naming ``path``."""
+    reject_directory(path)
     return _native.Snapshot(path)
 
 
 def describe(path: str) -> dict[str, Any]:
     """A snapshot's header as plain JSON-ready data (reads the header only)."""
-    if os.path.isdir(path):
-        raise UsageError(f"{path}: is a directory, not a snapshot file")
+    reject_directory(path)
     info = snapshot_info(path)
     return {
         "path": path,
