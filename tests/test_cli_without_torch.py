@@ -76,3 +76,16 @@ def test_errors_are_reported_without_torch(tmp_path: Path) -> None:
 def test_every_help_works_without_torch(command: str) -> None:
     proc = _bare([command, "--help"])
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_light_api_works_without_torch(snap: str) -> None:
+    code = (
+        "import snapload\n"
+        f"info = snapload.open({snap!r})\n"
+        "assert info.names == ['w', 'b'], info.names\n"
+        f"snapload.prefetch({snap!r}).wait()\n"
+        f"assert snapload.residency({snap!r}).fraction == 1.0\n"
+        f"snapload.evict({snap!r})\n"
+    )
+    proc = _bare(["--version"], code)
+    assert proc.returncode == 0, proc.stderr

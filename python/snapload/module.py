@@ -60,7 +60,7 @@ def _slots(module: nn.Module) -> dict[str, tuple[nn.Module, str, bool]]:
 
 
 def _non_persistent_buffer_names(module: nn.Module) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for prefix, sub in module.named_modules(remove_duplicate=False):
         dot = f"{prefix}." if prefix else ""
         names.update(dot + name for name in sub._non_persistent_buffers_set)
