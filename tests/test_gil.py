@@ -30,6 +30,7 @@ BLOCKING_SITES = {
     "Snapshot()": "open and validate: reads the preamble and header",
     "Snapshot.map": "mmap of the whole file",
     "Snapshot.verify": "hashes every tensor",
+    "check_destination": "stat and access(2) of the destination's folder",
     "Writer()": "creates the temporary file",
     "Writer.write": "pwrite of one piece",
     "Writer.write_many": "parallel pwrite + hashing",
@@ -52,7 +53,7 @@ BLOCKING_SITES = {
 def _exercise_every_site(tmp: Path) -> None:
     path = tmp / "m.snap"
     state = {f"t{i}": torch.randn(64, 64) for i in range(4)}
-    snapload.snapshot(state, path)  # Writer(), write_many/write, finish
+    snapload.snapshot(state, path)  # check_destination, Writer(), write_many/write, finish
     w = _native.SnapshotWriter(str(tmp / "aborted.snap"), [("a", "float32", [4], None)], 4096, {})
     w.write(0, 0, torch.zeros(4).numpy().view("uint8"))
     w.abort()

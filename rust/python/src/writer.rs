@@ -18,8 +18,8 @@ type SpecRow = (String, String, Vec<u64>, Option<String>);
 /// Fail early, naming `path`, when a snapshot could not be published there (a folder, a missing
 /// or read-only parent folder); callers run it before any expensive work.
 #[pyfunction]
-pub fn check_destination(path: PathBuf) -> PyResult<()> {
-    snapload_core::check_destination(&path).map(|_| ()).map_err(to_pyerr)
+pub fn check_destination(py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    without_gil(py, "check_destination", || snapload_core::check_destination(&path).map(|_| ()))
 }
 
 #[pyclass(name = "SnapshotWriter", module = "snapload._native", frozen)]
