@@ -7,6 +7,7 @@ pub mod error;
 pub mod header;
 pub mod layout;
 pub mod pipeline;
+pub mod plan;
 pub mod reader;
 pub mod residency;
 pub mod writer;
