@@ -47,6 +47,8 @@ BLOCKING_SITES = {
     "Prefetch.of_mapping": "starts populate threads on a mapping",
     "Prefetch.wait": "joins the readers",
     "Prefetch.cancel": "stops the readers",
+    "plan_simulate": "snapload plan: the event loop over every policy, on threads",
+    "plan_simulate_detail": "snapload plan: one policy's event loop",
 }
 
 
@@ -71,6 +73,9 @@ def _exercise_every_site(tmp: Path) -> None:
     arena = torch.empty(pipe.arena_size, dtype=torch.uint8)
     drive(pipe, ring, HostCopyEngine(arena.data_ptr(), arena.numel()))  # next_filled, finish
     _native.Pipeline(snap, ring, 1, "buffered", False).cancel()
+    times = torch.tensor([0.0, 1.0], dtype=torch.float64).numpy()
+    _native.plan_simulate(times, times, 1.0, 1, 0.0, 2.0, [(1.0, 0, None, None)])
+    _native.plan_simulate_detail(times, times, 1.0, 1, 0.0, 2.0, (1.0, 0, None, None))
 
 
 def test_every_blocking_call_passes_through_the_release_helper(tmp_path: Path) -> None:

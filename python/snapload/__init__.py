@@ -42,6 +42,7 @@ _LAZY = {
     "init_empty_weights": "snapload.module",
     "RestoreResult": "snapload.module",
     "convert": "snapload._convert",
+    "plan": "snapload._plan.api",
 }
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from snapload._restore import restore
     from snapload._write import snapshot
     from snapload._convert import convert
+    from snapload._plan.api import plan
     from snapload.module import RestoreResult, init_empty_weights, restore_module
 
 
@@ -88,6 +90,7 @@ __all__ = [
     "evict",
     "init_empty_weights",
     "open",
+    "plan",
     "prefetch",
     "residency",
     "restore",

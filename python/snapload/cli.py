@@ -33,6 +33,7 @@ COMMANDS: tuple[str, ...] = (
     "snapload._cli_cache:register_warm",
     "snapload._cli_cache:register_status",
     "snapload._cli_cache:register_bench",
+    "snapload._plan.cli:register",
 )
 
 

@@ -5,6 +5,7 @@ mod closable;
 mod errors;
 mod gil;
 mod pipeline;
+mod plan;
 mod residency;
 mod snapshot;
 mod writer;
@@ -24,6 +25,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(residency::evict, m)?)?;
     m.add_function(wrap_pyfunction!(gil::_gil_releases, m)?)?;
     m.add_function(wrap_pyfunction!(writer::check_destination, m)?)?;
+    m.add_class::<plan::PyOutcome>()?;
+    m.add_function(wrap_pyfunction!(plan::plan_simulate, m)?)?;
+    m.add_function(wrap_pyfunction!(plan::plan_simulate_detail, m)?)?;
     m.add("FORMAT_VERSION", snapload_core::header::FORMAT_VERSION)?;
     m.add("DTYPES", snapload_core::Dtype::ALL.iter().map(|d| d.name()).collect::<Vec<_>>())?;
     Ok(())

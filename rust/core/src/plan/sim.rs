@@ -318,9 +318,15 @@ impl<'a> Sim<'a> {
         id
     }
 
-    fn launch(&mut self, now: f64) -> u32 {
+    /// Launch an instance that will hold `active` requests when it becomes ready.
+    fn launch(&mut self, now: f64, active: u32) -> u32 {
         let id = self.new_instance(now, now + self.w.cold_start, false);
-        self.events.push(Reverse(Event { time: now + self.w.cold_start, kind: Kind::Ready, id }));
+        self.instances[id as usize].active = active;
+        if active < self.w.concurrency {
+            self.events.push(Reverse(Event { time: now + self.w.cold_start, kind: Kind::Ready, id }));
+        }
+        // else: it stays full until a request finishes, after it is ready, so its Ready event would
+        // do nothing. Skipping it matters: with concurrency 1 most launches are of this kind.
         id
     }
 
@@ -359,7 +365,7 @@ impl<'a> Sim<'a> {
         // goes straight to the first waiting request and the instance stays full.
         if let Some(j) = self.queue.pop_front() {
             self.out.queued += 1;
-            self.begin(j, id, now, Start::Queued);
+            self.begin(j, id, now, now - self.w.arrivals[j], Start::Queued);
             return;
         }
         let c = self.w.concurrency;
@@ -378,9 +384,11 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Request `i` starts service on instance `id` at `begin` (its slot is already counted).
-    fn begin(&mut self, i: usize, id: u32, begin: f64, how: Start) {
-        self.out.added[i] = begin - self.w.arrivals[i];
+    /// Request `i` starts service on instance `id` at `begin`, `added` seconds after it arrived (its
+    /// slot is already counted). `added` is passed rather than recomputed so that a full cold
+    /// start adds exactly `cold_start`, not `(t + cold_start) - t` with its rounding error.
+    fn begin(&mut self, i: usize, id: u32, begin: f64, added: f64, how: Start) {
+        self.out.added[i] = added;
         self.out.start[i] = how;
         self.events.push(Reverse(Event { time: begin + self.w.service[i], kind: Kind::Done, id }));
     }
@@ -400,14 +408,14 @@ impl<'a> Sim<'a> {
     fn arrive(&mut self, i: usize, now: f64) {
         let c = self.w.concurrency;
         if let Some(id) = self.take_busiest(true).or_else(|| self.take_busiest(false)) {
-            return self.begin(i, id, now, Start::Warm);
+            return self.begin(i, id, now, 0.0, Start::Warm);
         }
         if let Some(id) = self.idle.pop_back() {
             self.instances[id as usize].active = 1;
             if c > 1 {
                 self.partial.insert((1, id));
             }
-            return self.begin(i, id, now, Start::Warm);
+            return self.begin(i, id, now, 0.0, Start::Warm);
         }
         if let Some(id) = self.filling {
             let inst = &mut self.instances[id as usize];
@@ -417,17 +425,16 @@ impl<'a> Sim<'a> {
                 self.filling = None;
             }
             self.out.cold += 1;
-            return self.begin(i, id, ready_at, Start::JoinedStart);
+            return self.begin(i, id, ready_at, ready_at - now, Start::JoinedStart);
         }
         if self.alive < self.cap {
-            let id = self.launch(now);
+            let id = self.launch(now, 1);
             self.out.launches += 1;
             self.out.cold += 1;
-            self.instances[id as usize].active = 1;
             if c > 1 {
                 self.filling = Some(id);
             }
-            return self.begin(i, id, now + self.w.cold_start, Start::Cold);
+            return self.begin(i, id, now + self.w.cold_start, self.w.cold_start, Start::Cold);
         }
         self.queue.push_back(i);
     }
@@ -440,7 +447,7 @@ impl<'a> Sim<'a> {
             // The idle deque stays ordered by idle_since: `now` is later than every entry.
             self.instances[id as usize].idle_since = now;
         } else if self.alive == 0 {
-            let id = self.launch(now);
+            let id = self.launch(now, 0);
             self.out.launches += 1;
             self.out.ping_launches += 1;
             self.filling = Some(id);
