@@ -40,9 +40,11 @@ def parse_cold_start(spec: str | float) -> ColdStart:
         return _checked(float(spec), f"{float(spec):g} s")
     text = spec.strip()
     try:
-        return _checked(float(text), f"{float(text):g} s")
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        return _checked(seconds, f"{seconds:g} s")
     path, variant = text, None
     if not os.path.exists(text) and ":" in text:
         path, _, variant = text.rpartition(":")
