@@ -45,6 +45,7 @@ def parse_service(spec: str | float) -> Service:
     if not isinstance(spec, str):
         spec = repr(float(spec))
     kind, sep, rest = spec.strip().partition(":")
+    values: tuple[float, ...]
     try:
         if not sep:
             values = (float(kind),)
