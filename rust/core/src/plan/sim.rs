@@ -439,14 +439,18 @@ impl<'a> Sim<'a> {
         self.queue.push_back(i);
     }
 
+    /// A ping goes where a request would (see the module comment), costs nothing there, and
+    /// matters only when that is an idle instance (its timer restarts) or nowhere at all.
     fn ping(&mut self, now: f64) {
-        if !self.permanent_free.is_empty() || !self.partial.is_empty() || self.filling.is_some() {
-            return; // a request would go there: nothing to keep alive
+        if !self.permanent_free.is_empty() || !self.partial.is_empty() {
+            return; // a busy or permanent instance: nothing to keep alive
         }
         if let Some(&id) = self.idle.back() {
             // The idle deque stays ordered by idle_since: `now` is later than every entry.
             self.instances[id as usize].idle_since = now;
-        } else if self.alive == 0 {
+        } else if self.filling.is_none() && self.alive == 0 {
+            // (With a starting instance that has room the ping joins it: nothing to do. With every
+            // instance full, they are alive anyway.)
             let id = self.launch(now, 0);
             self.out.launches += 1;
             self.out.ping_launches += 1;
