@@ -322,6 +322,9 @@ def test_cold_start_from_snapload_bench_json(tmp_path: Path) -> None:
         ({"keep_warm_interval": 0}, "keep-warm interval"),
         ({"min_instances": 2, "max_instances": 1}, "max instances"),
         ({"cold_start": [1, 1]}, "twice"),
+        ({"threads": -1}, "threads"),
+        ({"min_instances": 10**7}, "min instances"),
+        ({"duration": -5}, "duration"),
     ],
 )
 def test_bad_plan_arguments(kwargs: dict[str, object], message: str) -> None:

@@ -15,6 +15,10 @@ from snapload import _native
 Floats = npt.NDArray[np.float64]
 
 
+# Each minimum instance is simulated as an instance; more than this is surely a typo, not a plan.
+MAX_INSTANCES = 1_000_000
+
+
 @dataclass(frozen=True)
 class Policy:
     """``idle_timeout``: seconds an idle instance lives; ``min_instances``: kept warm always;
@@ -39,13 +43,13 @@ class Policy:
     def check(self) -> None:
         if not (math.isfinite(self.idle_timeout) and self.idle_timeout >= 0):
             raise ValueError(f"idle timeout must be a number of seconds >= 0, got {self.idle_timeout:g}")
-        if self.min_instances < 0:
-            raise ValueError(f"min instances must be >= 0, got {self.min_instances}")
+        if not 0 <= self.min_instances <= MAX_INSTANCES:
+            raise ValueError(f"min instances must be between 0 and {MAX_INSTANCES:,}, got {self.min_instances}")
         kw = self.keep_warm_interval
         if kw is not None and not (math.isfinite(kw) and kw > 0):
             raise ValueError(f"keep-warm interval must be a number of seconds > 0, got {kw:g}")
         m = self.max_instances
-        if m is not None and (m < 1 or m < self.min_instances):
+        if m is not None and (m < 1 or m < self.min_instances or m > 2**32 - 1):
             raise ValueError(f"max instances must be >= 1 and >= min instances ({self.min_instances}), got {m}")
 
 
@@ -82,8 +86,8 @@ class Workload:
 def make_workload(arrivals: Floats, service: Floats, concurrency: int, duration: float) -> Workload:
     """The window runs from 0 to the later of ``duration`` and the last request's completion
     without any cold start."""
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    if not 1 <= concurrency <= 2**32 - 1:
+        raise ValueError(f"concurrency must be between 1 and {2**32 - 1:,}, got {concurrency}")
     end = max(duration, float(np.max(arrivals + service)))
     return Workload(np.ascontiguousarray(arrivals), np.ascontiguousarray(service), concurrency, 0.0, end)
 
@@ -103,6 +107,8 @@ def _row(p: Policy) -> tuple[float, int, float | None, int | None]:
 
 def simulate(w: Workload, cold_start: float, policies: Sequence[Policy], threads: int = 0) -> list[_native.PlanOutcome]:
     """Summaries of every policy, on ``threads`` threads (0: one per core), GIL released."""
+    if threads < 0:
+        raise ValueError(f"threads must be 0 (one per core) or more, got {threads}")
     return _native.plan_simulate(w.arrivals, w.service, cold_start, w.concurrency, w.start, w.end, [_row(p) for p in policies], threads)
 
 
