@@ -116,7 +116,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, argparse.ArgumentTypeError) as e:
         raise UsageError(str(e)) from None
     if args.chart:
-        result.chart(args.chart)
+        try:
+            result.chart(args.chart)
+        except ImportError as e:  # matplotlib is an optional dependency (the `plan` extra)
+            raise UsageError(f"--chart needs matplotlib: pip install 'snapload[plan]' ({e})") from None
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
