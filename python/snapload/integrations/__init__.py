@@ -1,0 +1,1 @@
+"""Integrations with serving engines. Each submodule imports its engine; this package imports nothing."""

@@ -1,0 +1,101 @@
+"""Runs inside the vLLM venv (see scripts/setup_vllm.sh), started by tests/test_vllm.py and
+benches/vllm_bench.py: one engine per process, as users run vLLM.
+
+    python vllm_child.py make-model FOLDER            tiny random Llama (head_dim 64), safetensors
+    python vllm_child.py engine SPEC_JSON OUT_JSON    start an engine, generate, optionally save
+
+SPEC_JSON: {"model": folder, "load_format": ..., "extra": {...}, "dtype": ..., "tp": 1,
+            "prompts": [[ids]], "max_tokens": n, "save_processed": folder|null}
+OUT_JSON gets {"tokens": [[ids]], "ready_s": ..., "error": null|"Type: message", ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+T0 = time.perf_counter()
+
+
+def make_model(folder: str) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,  # head_dim 64: the CPU attention backend needs >= 32
+        num_key_value_heads=2,  # divisible by 2: tensor parallelism over two ranks
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
+    model = LlamaForCausalLM(config)
+    # Larger-than-init weights: greedy tokens then differ between prompts, so a wrong weight shows.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def engine(spec: dict, out_path: str) -> None:
+    result: dict = {"error": None, "tokens": None}
+    try:
+        t_import = time.perf_counter()
+        from vllm import LLM, SamplingParams
+
+        result["import_s"] = time.perf_counter() - t_import
+        t_start = time.perf_counter()
+        kwargs = dict(
+            model=spec["model"],
+            load_format=spec["load_format"],
+            enforce_eager=True,
+            skip_tokenizer_init=True,
+            gpu_memory_utilization=0.1,
+            dtype=spec.get("dtype", "float32"),
+            tensor_parallel_size=spec.get("tp", 1),
+            max_model_len=256,
+            seed=0,
+        )
+        if spec.get("extra"):
+            kwargs["model_loader_extra_config"] = spec["extra"]
+        llm = LLM(**kwargs)
+        result["ready_s"] = time.perf_counter() - t_start
+        result["process_to_ready_s"] = time.perf_counter() - T0
+        if spec.get("prompts"):
+            params = SamplingParams(temperature=0.0, max_tokens=spec.get("max_tokens", 8), ignore_eos=True)
+            outs = llm.generate([{"prompt_token_ids": p} for p in spec["prompts"]], params, use_tqdm=False)
+            result["tokens"] = [list(o.outputs[0].token_ids) for o in outs]
+        if spec.get("save_processed"):
+            from snapload.integrations.vllm import save_processed
+
+            t_save = time.perf_counter()
+            result["saved"] = save_processed(llm, spec["save_processed"])
+            result["save_s"] = time.perf_counter() - t_save
+    except Exception as e:  # reported to the parent, which asserts on it
+        result["error"] = f"{type(e).__name__}: {e}"
+        result["traceback"] = traceback.format_exc()
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":  # vLLM spawns workers: everything runs under this guard
+    cmd = sys.argv[1]
+    if cmd == "make-model":
+        make_model(sys.argv[2])
+    elif cmd == "engine":
+        with open(sys.argv[2]) as f:
+            engine(json.load(f), sys.argv[3])
+    else:
+        raise SystemExit(f"unknown command {cmd!r}")
+    # Engines leave worker processes and threads behind; a prompt exit keeps runs short.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
