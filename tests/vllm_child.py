@@ -3,6 +3,7 @@ benches/vllm_bench.py: one engine per process, as users run vLLM.
 
     python vllm_child.py make-model FOLDER            tiny random Llama (head_dim 64), safetensors
     python vllm_child.py engine SPEC_JSON OUT_JSON    start an engine, generate, optionally save
+    python vllm_child.py unit FOLDER OUT_JSON          the plugin against vLLM's modules, no engine
 
 SPEC_JSON: {"model": folder, "load_format": ..., "extra": {...}, "dtype": ..., "tp": 1,
             "prompts": [[ids]], "max_tokens": n, "save_processed": folder|null}
@@ -86,6 +87,45 @@ def engine(spec: dict, out_path: str) -> None:
         json.dump(result, f)
 
 
+def unit(folder: str, out_path: str) -> None:
+    """Checks that need vLLM's modules but no engine; each records the error text it produced."""
+    import logging
+
+    from vllm.config.load import LoadConfig
+    from vllm.model_executor.model_loader import get_model_loader
+
+    from snapload.integrations import vllm as plugin
+
+    result: dict = {}
+    # Registering twice (vLLM calls plugins in every process, sometimes more than once) is silent.
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("vllm").addHandler(handler)
+    plugin.register()
+    plugin.register()
+    result["register_warnings"] = [w for w in warnings if "already registered" in w]
+    loader = get_model_loader(LoadConfig(load_format="snapload"))
+    result["loader_class"] = type(loader).__name__
+
+    def error_of(fn) -> str | None:
+        try:
+            fn()
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    result["unknown_key"] = error_of(
+        lambda: get_model_loader(LoadConfig(load_format="snapload", model_loader_extra_config={"bogus": 1}))
+    )
+    empty = os.path.join(folder, "empty")
+    os.makedirs(empty, exist_ok=True)
+    result["no_snapshot"] = error_of(lambda: plugin.find_checkpoint_snapshot(empty))
+    result["not_a_folder"] = error_of(lambda: plugin.find_checkpoint_snapshot(os.path.join(folder, "nope")))
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+
+
 if __name__ == "__main__":  # vLLM spawns workers: everything runs under this guard
     cmd = sys.argv[1]
     if cmd == "make-model":
@@ -93,6 +133,8 @@ if __name__ == "__main__":  # vLLM spawns workers: everything runs under this gu
     elif cmd == "engine":
         with open(sys.argv[2]) as f:
             engine(json.load(f), sys.argv[3])
+    elif cmd == "unit":
+        unit(sys.argv[2], sys.argv[3])
     else:
         raise SystemExit(f"unknown command {cmd!r}")
     # Engines leave worker processes and threads behind; a prompt exit keeps runs short.

