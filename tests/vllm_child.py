@@ -21,18 +21,20 @@ import traceback
 T0 = time.perf_counter()
 
 
-def make_model(folder: str) -> None:
+def make_model(folder: str, size: str = "tiny") -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
+    # head_dim 64 (the CPU attention backend needs >= 32); head counts even (two TP ranks).
+    # "tiny": 1.8 MB, for tests; "bench": ~0.7 GB float32, for benches/vllm_bench.py.
+    dims = {
+        "tiny": dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2),
+        "bench": dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16),
+    }[size]
     config = LlamaConfig(
-        vocab_size=512,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,  # head_dim 64: the CPU attention backend needs >= 32
-        num_key_value_heads=2,  # divisible by 2: tensor parallelism over two ranks
+        **dims,
+        num_key_value_heads=dims["num_attention_heads"],
         max_position_embeddings=256,
         tie_word_embeddings=False,
         torch_dtype="float32",
@@ -46,6 +48,23 @@ def make_model(folder: str) -> None:
     model.save_pretrained(folder, safe_serialization=True)
 
 
+def _time_model_loading(result: dict) -> None:
+    """Time the CPU model runner's get_model (build the model, load and process the weights), the
+    same span for every load format. Only seen when the worker runs in this process
+    (VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
+    import vllm.v1.worker.cpu_model_runner as runner
+
+    inner = runner.get_model
+
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        model = inner(*args, **kwargs)
+        result["load_s"] = time.perf_counter() - t
+        return model
+
+    runner.get_model = timed
+
+
 def engine(spec: dict, out_path: str) -> None:
     result: dict = {"error": None, "tokens": None}
     try:
@@ -53,6 +72,7 @@ def engine(spec: dict, out_path: str) -> None:
         from vllm import LLM, SamplingParams
 
         result["import_s"] = time.perf_counter() - t_import
+        _time_model_loading(result)
         t_start = time.perf_counter()
         kwargs = dict(
             model=spec["model"],
@@ -129,7 +149,7 @@ def unit(folder: str, out_path: str) -> None:
 if __name__ == "__main__":  # vLLM spawns workers: everything runs under this guard
     cmd = sys.argv[1]
     if cmd == "make-model":
-        make_model(sys.argv[2])
+        make_model(sys.argv[2], *sys.argv[3:4])
     elif cmd == "engine":
         with open(sys.argv[2]) as f:
             engine(json.load(f), sys.argv[3])
