@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "python"))
 from snapload.prefetch import evict, residency  # noqa: E402
 
 CHILD = REPO / "tests" / "vllm_child.py"
-DEFAULT_VENV = Path.home() / ".cache" / "snapload" / "venv-vllm"
+DEFAULT_VENV = Path(os.environ.get("SNAPLOAD_VLLM_VENV") or Path.home() / ".cache" / "snapload" / "venv-vllm")
 FORMATS = ("safetensors", "runai_streamer", "snapload", "snapload_processed")
 
 

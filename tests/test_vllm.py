@@ -21,7 +21,8 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "vllm_child.py"
-DEFAULT_VENV = Path.home() / ".cache" / "snapload" / "venv-vllm"
+# Where scripts/setup_vllm.sh puts it (same variable).
+DEFAULT_VENV = Path(os.environ.get("SNAPLOAD_VLLM_VENV") or Path.home() / ".cache" / "snapload" / "venv-vllm")
 PROMPTS = [[1, 2, 3, 4], [7, 8, 9, 10, 11], [42] * 6]
 MAX_TOKENS = 8
 CHILD_TIMEOUT_S = 600
