@@ -85,6 +85,9 @@ def engine(spec: dict, out_path: str) -> None:
             max_model_len=256,
             seed=0,
         )
+        # An explicit KV cache size: vLLM's CPU default sizes it from gpu_memory_utilization x total
+        # memory minus this process's RSS, which fails on a busy shared machine.
+        kwargs["kv_cache_memory_bytes"] = spec.get("kv_cache_memory_bytes", 64 << 20)
         if spec.get("extra"):
             kwargs["model_loader_extra_config"] = spec["extra"]
         llm = LLM(**kwargs)

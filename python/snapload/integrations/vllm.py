@@ -47,7 +47,7 @@ __all__ = [
 
 LOAD_FORMAT = "snapload"
 # model_loader_extra_config keys this loader understands.
-EXTRA_KEYS = ("snapshot", "processed", "restore_device", "verify")
+EXTRA_KEYS = ("snapshot", "processed", "restore_device", "verify", "populate")
 # Stages a processed snapshot can hold (metadata key "stage"):
 #   "processed": the tensors after process_weights_after_loading; loading skips that step
 #                (run under vLLM's weights_already_processed, as its ipc_cache loader does).
@@ -172,6 +172,8 @@ def _make_loader_cls() -> type[Any]:
             self.processed_folder: str | None = extra.get("processed")
             self.restore_device: str = str(extra.get("restore_device", "cpu"))
             self.verify: bool = bool(extra.get("verify", False))
+            # snapload.restore's CPU populate mode (see its docstring); CUDA restores ignore it.
+            self.populate: str = str(extra.get("populate", "auto"))
             # DefaultModelLoader validates its format and extra keys: hand it a format it knows. Only
             # its bookkeeping is used; every weight comes from get_all_weights below.
             super().__init__(dataclasses.replace(load_config, load_format="safetensors", model_loader_extra_config={}))
@@ -202,7 +204,10 @@ def _make_loader_cls() -> type[Any]:
             if torch.device(device).type == "cuda" and torch.device(device).index is None:
                 device = torch.device("cuda", torch.cuda.current_device())
             _log().info("snapload: restoring checkpoint snapshot %s on %s", path, device)
-            tensors = snapload.restore(path, device, verify=self.verify)
+            if torch.device(device).type == "cpu":
+                tensors = snapload.restore(path, device, verify=self.verify, populate=self.populate)
+            else:
+                tensors = snapload.restore(path, device, verify=self.verify)
             try:
                 # Each name once, in file order (the order the data lies on disk: reads stay sequential).
                 yield from tensors.items()
