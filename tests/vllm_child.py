@@ -67,6 +67,7 @@ def _time_model_loading(result: dict) -> None:
 
 def engine(spec: dict, out_path: str) -> None:
     result: dict = {"error": None, "tokens": None}
+    llm = None
     try:
         t_import = time.perf_counter()
         from vllm import LLM, SamplingParams
@@ -108,6 +109,10 @@ def engine(spec: dict, out_path: str) -> None:
         result["traceback"] = traceback.format_exc()
     with open(out_path, "w") as f:
         json.dump(result, f)
+    if llm is not None:
+        # Stop the engine core and worker processes: the process ends with os._exit below, which
+        # would otherwise leave them running (they are not killed with their parent).
+        llm.llm_engine.engine_core.shutdown(timeout=30)
 
 
 def unit(folder: str, out_path: str) -> None:
