@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 source "${SNAPLOAD_VENV:-.venv}/bin/activate"
+# A second venv with the CPU build of vLLM (cached in ~/.cache/snapload; ~7 min from scratch):
+# tests/test_vllm.py runs real engines in it, and fails rather than skips when CI=true.
+bash scripts/setup_vllm.sh
 echo "== cargo test (profile ci: release + overflow checks + debug assertions)"
 cargo test --workspace --exclude snapload-python --profile ci -q
 echo "== clippy"
