@@ -8,10 +8,12 @@ import itertools
 import os
 import random
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -216,78 +218,159 @@ def stored_version(path: Path) -> int:
     return version
 
 
-def wait_for_progress(path: Path, pid: int, fraction: float, nbytes: int) -> str:
-    """Wait until writer ``pid`` has put ``fraction`` of ``nbytes`` into its temporary file (its
-    allocated blocks grow as pieces land; the file is sparse until then). Returns the phase."""
+def allocated(path: Path) -> int | None:
+    """Bytes allocated to ``path`` (its blocks grow as a writer's pieces land; a temporary is
+    sparse until then), or None when it is gone."""
+    try:
+        return path.stat().st_blocks * 512
+    except FileNotFoundError:
+        return None
+
+
+def stop(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until every one of its threads has stopped: a thread inside a
+    system call (a pwrite, an fsync) finishes that call first, so only then does nothing change."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        if all(st in "TtZX" for st in states):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"writer {pid} did not stop")
+
+
+@dataclass(frozen=True)
+class Landing:
+    """Where a writer was when it was stopped (and then killed)."""
+
+    tmp_bytes: int | None  # its temporary's allocated bytes; None: no temporary (yet, or any more)
+    published: bool  # the destination is no longer the file it was when the writer started
+    exited: bool  # the writer had finished before it could be stopped
+
+    def describe(self, nbytes: int) -> str:
+        if self.exited:
+            return "after the writer exited"
+        if self.published:
+            return "after publish (rename)"
+        if self.tmp_bytes is None:
+            return "before the temporary existed"
+        if self.tmp_bytes >= nbytes:
+            return "all data written, before publish"
+        return f"{self.tmp_bytes / nbytes:.0%} of the data written"
+
+
+def stop_and_observe(path: Path, proc: Any, dest_ino: int) -> Landing:
+    """Stop the writer, then look at its temporary and at the destination: nothing moves until
+    the SIGKILL that follows, so this is exactly where the kill lands."""
+    try:
+        stop(proc.pid)
+    except (ProcessLookupError, FileNotFoundError):
+        return Landing(None, True, True)
+    if not proc.is_alive():
+        return Landing(None, True, True)
+    tmps = tmp_leftovers(path, proc.pid)
+    return Landing(allocated(tmps[0]) if tmps else None, os.stat(path).st_ino != dest_ino, False)
+
+
+def wait_for_progress(path: Path, proc: Any, fraction: float, nbytes: int) -> None:
+    """Return once writer ``proc`` has put ``fraction`` of ``nbytes`` into its temporary file, or
+    once it has renamed it (the caller's observation then says so)."""
     seen_tmp = False
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        tmps = tmp_leftovers(path, pid)
+        tmps = tmp_leftovers(path, proc.pid)
         if not tmps:
-            if seen_tmp:
-                return "renamed"
+            if seen_tmp or not proc.is_alive():
+                return
             time.sleep(0.0005)
             continue
         seen_tmp = True
-        try:
-            written = tmps[0].stat().st_blocks * 512
-        except FileNotFoundError:
-            return "renamed"
-        if written >= fraction * nbytes:
-            return f"{min(written / nbytes, 1.0):.0%} written"
+        written = allocated(tmps[0])
+        if written is None or written >= fraction * nbytes:
+            return
         time.sleep(0.0005)
     raise AssertionError("the writer made no progress")
 
 
 @pytest.mark.slow
 def test_writer_killed_at_random_points(tmp_path: Path, mp_context: Any) -> None:
-    """SIGKILL a writer (a separate process) at points spread over a whole write: as soon as its
-    temporary exists, at random fractions of the data written, once all data is written (header,
-    fsync, rename), and at a random time. The destination always holds a complete snapshot, the
-    previous one or the new one, never a mix."""
+    """SIGKILL a writer (a separate process) at six points spread over a whole write: as soon as
+    its temporary exists, at three random fractions of the data written, once all data is written
+    (header, fsync, rename still to come), and at a random time. For the first five the writer is
+    stopped first and its temporary and the destination are inspected, so the test asserts where
+    each kill landed; the sixth is a bare SIGKILL (it may land inside a system call) whose landing
+    is read from what it left. The outcome must follow from the landing: killed before publish,
+    the destination holds the previous snapshot and the temporary stays behind as it was; after
+    publish, the new one. Never a mix, and the next write cleans the leftovers."""
     seed = int(os.environ.get("SNAPLOAD_TEST_SEED", "20240601"))
     rng = random.Random(seed)
     path = tmp_path / "model.snap"
     snapload.snapshot(version_state(0, CRASH_BYTES), path, metadata={"version": "0"})
 
-    def run_writer(version: int, kill: Callable[[int], str] | None) -> tuple[int | None, str, float]:
+    def start_writer(version: int) -> Any:
+        """Start a writer; return once its state dict is built and it is about to write."""
         started = mp_context.Event()
         proc = mp_context.Process(target=write_version_worker, args=(str(path), version, CRASH_BYTES, started))
         proc.start()
         assert started.wait(60), "writer did not start"
-        t0 = time.monotonic()
-        phase = "not killed"
-        if kill is not None:
-            phase = kill(proc.pid)
-            proc.kill()
-        proc.join(60)
-        return proc.exitcode, phase, time.monotonic() - t0
+        return proc
 
     # One uninterrupted write tells how long a write takes here.
-    exitcode, _, full = run_writer(1, None)
-    assert exitcode == 0 and stored_version(path) == 1
+    proc = start_writer(1)
+    t0 = time.monotonic()
+    proc.join(60)
+    full = time.monotonic() - t0
+    assert proc.exitcode == 0 and stored_version(path) == 1
 
-    def at_fraction(f: float) -> Callable[[int], str]:
-        return lambda pid: wait_for_progress(path, pid, f, CRASH_BYTES)
+    def at_fraction(f: float) -> Callable[[Any], None]:
+        return lambda proc: wait_for_progress(path, proc, f, CRASH_BYTES)
 
-    def at_time(delay: float) -> Callable[[int], str]:
-        def kill(pid: int) -> str:
-            time.sleep(delay)
-            return f"after {delay:.3f}s"
+    def at_time(delay: float) -> Callable[[Any], None]:
+        return lambda proc: time.sleep(delay)
 
-        return kill
-
-    fractions = [0.0, *(rng.uniform(0.05, 0.95) for _ in range(2)), 1.0]
-    kills = [at_fraction(f) for f in fractions] + [at_time(rng.uniform(0, full))]
+    fractions = [0.0, *sorted(rng.uniform(0.05, 0.95) for _ in range(3)), 1.0]
+    # (what to wait for, the least fraction of the data the temporary must hold when the kill
+    # lands, or None for a bare kill at a random time that may land anywhere)
+    kills: list[tuple[Callable[[Any], None], float | None]] = [(at_fraction(f), f) for f in fractions]
+    kills.append((at_time(rng.uniform(0, full)), None))
+    assert len(kills) == 6, "docs/reliability.md says six kill points"
     leftovers: list[Path] = []
-    for version, kill in enumerate(kills, start=2):
+    for version, (wait, least) in enumerate(kills, start=2):
         before = stored_version(path)
-        exitcode, phase, _ = run_writer(version, kill)
+        dest_ino = os.stat(path).st_ino
+        proc = start_writer(version)
+        wait(proc)
+        observed = stop_and_observe(path, proc, dest_ino) if least is not None else None
+        proc.kill()
+        proc.join(60)
+        mine = tmp_leftovers(path, proc.pid)
+        # The bare kill's landing, read from what it left behind.
+        landing = observed or Landing(
+            allocated(mine[0]) if mine else None, os.stat(path).st_ino != dest_ino, proc.exitcode == 0
+        )
         after = stored_version(path)
-        assert after in (before, version), f"seed {seed}: kill at {phase} left version {after}"
-        if exitcode is not None and exitcode < 0 and after == before:
-            leftovers += tmp_leftovers(path)
-        print(f"seed {seed}: kill at {phase}: {'new' if after == version else 'old'} version")
+        context = f"seed {seed}, kill {version - 1} landed {landing.describe(CRASH_BYTES)}"
+        if least is not None:
+            # The designed points land mid-write: the temporary exists, holds at least the
+            # fraction waited for, and nothing has been published.
+            assert landing.tmp_bytes is not None and not landing.published, context
+            assert landing.tmp_bytes >= least * CRASH_BYTES, context
+        if landing.published:
+            assert after == version and mine == [], context
+        else:
+            assert after == before, f"{context}: destination changed to version {after}"
+            if landing.tmp_bytes is None:
+                assert mine == [], context
+            else:
+                assert len(mine) == 1 and allocated(mine[0]) == landing.tmp_bytes, f"{context}: temporary changed after the kill"
+                leftovers += mine
+        print(f"{context}: {'new' if after == version else 'old'} version")
 
     assert leftovers, "a writer killed mid-write leaves its temporary file behind"
     # The next write removes temporaries whose writer process is gone.
