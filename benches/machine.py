@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,23 @@ def versions() -> dict[str, str]:
     return out
 
 
+def git_state(repo: Path = Path(__file__).resolve().parent.parent) -> dict[str, Any]:
+    """The commit the benchmark code and snapload came from, and whether tracked files differed
+    from it (a dirty tree's numbers belong to no commit). Untracked files (bench data, results)
+    do not count."""
+
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *argv], capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return {
+            "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        }
+    except (OSError, subprocess.CalledProcessError) as e:
+        return {"commit": None, "dirty": None, "error": str(e)}
+
+
 def info(data_dir: Path) -> dict[str, Any]:
     mem_kb = _first("/proc/meminfo", "MemTotal")
     thp = None
@@ -77,4 +95,5 @@ def info(data_dir: Path) -> dict[str, Any]:
         "thp": thp,
         "gpu": os.path.exists("/dev/nvidia0"),
         "versions": versions(),
+        "git": git_state(),
     }

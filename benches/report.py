@@ -43,10 +43,17 @@ def machine_markdown(results: dict[str, Any]) -> str:
         f"(mounted at {fs.get('mount', '?')}, {fs.get('options', '')}; read_ahead_kb {fs.get('read_ahead_kb', '?')}); "
         f"transparent huge pages: {m.get('thp') or '?'}",
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        f"- Code: {format_git(m.get('git'))}",
         f"- Load average (1/5/15 min) at start {format_loadavg(results.get('loadavg_start'))}, "
         f"at end {format_loadavg(results.get('loadavg_end'))}",
     ]
     return "\n".join(lines)
+
+
+def format_git(g: dict[str, Any] | None) -> str:
+    if not g or not g.get("commit"):
+        return "commit not recorded (results written before benches recorded it)"
+    return f"commit {g['commit'][:12]}" + (" with uncommitted changes" if g.get("dirty") else "")
 
 
 def format_loadavg(x: Any) -> str:
@@ -111,8 +118,24 @@ def size_markdown(results: dict[str, Any], size: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def content_markdown(results: dict[str, Any]) -> str:
+    """The cross-loader check's verdict, as one line."""
+    if "content_check" not in results:
+        return "- Same bytes from every loader: not checked (results written before benches hashed every tensor)"
+    bad = [m for s in results["sizes"] for m in s.get("content_mismatches", [])]
+    if bad:
+        return f"- **Loaders returned different bytes** ({len(bad)} trial(s)): " + "; ".join(
+            f"{m['loader']} {m['mode']} trial {m['trial']}: {m['count_differing']} tensor(s) differ from {m['reference_loader']}"
+            for m in bad[:5]
+        )
+    return "- Same bytes from every loader: every trial's tensors hashed (CRC32 of every byte), all digests equal"
+
+
 def loaders_markdown(results: dict[str, Any]) -> str:
-    parts = [machine_markdown(results), ""]
+    parts = [machine_markdown(results), content_markdown(results)]
+    if results.get("focused"):
+        parts.append(f"- **Focused re-run** of {len(results['loaders'])} loader(s), not the full set")
+    parts.append("")
     parts += [size_markdown(results, s) for s in results["sizes"]]
     return "\n".join(parts).rstrip() + "\n"
 

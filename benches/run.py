@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "python"))  # a checkout without install
 
 import ceilings  # noqa: E402
 import checkpoints  # noqa: E402
+import content  # noqa: E402
 import machine  # noqa: E402
 import report  # noqa: E402
 from loaders import LOADERS  # noqa: E402 - plain data; importing it imports no loader library
@@ -43,6 +44,7 @@ from snapload.bench import COLD_TOLERANCE, ChildFailed, is_state_ok, prepare_cac
 from snapload.prefetch import evict  # noqa: E402
 
 MODES = ("cold", "warm")
+DEFAULT_JSON = HERE / "results" / "latest.json"
 
 
 def log(msg: str) -> None:
@@ -155,7 +157,10 @@ def summarize(rows: list[dict[str, Any]], payload: int, ceil: dict[str, Any]) ->
 
 
 def run_size(gb: float, trials: int, loaders: list[str], modes: list[str], rng: random.Random, args: argparse.Namespace) -> dict[str, Any]:
-    m = checkpoints.build_size(gb, args.data_dir, log=log)
+    if args.tiny:
+        m = checkpoints.build("tiny", checkpoints.tiny_shape(), args.data_dir, log=log)
+    else:
+        m = checkpoints.build_size(gb, args.data_dir, log=log)
     paths = m["paths"]
     jobs: list[tuple[str, str, str, int]] = []
     for t in range(trials):
@@ -192,6 +197,11 @@ def run_size(gb: float, trials: int, loaders: list[str], modes: list[str], rng: 
                 f"touch {r['touch_s']:.3f} s ({r['resident_before']:.0%} cached before){flag}"
             )
     ceil = ceiling_summary(ceil_rows)
+    mismatches = content.mismatches(rows)
+    for m in mismatches:
+        log(f"{gb:g} GB: {m['loader']} {m['mode']} trial {m['trial']} returned different bytes from {m['reference_loader']}: {m['tensors_differing']}")
+    for r in rows:  # the digest stays; per-tensor CRCs only served the comparison
+        r.pop("content_crcs", None)
     return {
         "size_gb": gb,
         "checkpoint": {k: v for k, v in m.items() if k != "paths"},
@@ -201,8 +211,25 @@ def run_size(gb: float, trials: int, loaders: list[str], modes: list[str], rng: 
         "ceilings": ceil,
         "ceiling_trials": ceil_rows,
         "summary": summarize(rows, m["payload_bytes"], ceil),
+        "content_mismatches": mismatches,
         "trials": rows,
     }
+
+
+def check_focused(args: argparse.Namespace, loaders: list[str]) -> None:
+    """The rule (docs/benchmarks.md): whenever any loader is re-run, every loader is re-run, so
+    that every row of a table comes from the same run, machine state and commit. A subset is a
+    focused re-run: it must say so (--focused) and goes to its own results file only."""
+    if set(loaders) == set(LOADERS):
+        return
+    missing = sorted(set(LOADERS) - set(loaders))
+    if not args.focused:
+        raise SystemExit(
+            f"--loaders leaves out {missing}: re-run every loader, or pass --focused for a focused re-run "
+            "(written to its own --json, never to the doc tables)"
+        )
+    if args.json == DEFAULT_JSON or str(args.doc) != "-" or str(args.chart) != "-":
+        raise SystemExit("a focused re-run needs its own --json and --doc - --chart -: it must not replace the full tables")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,16 +237,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="0.5,2,4", help="checkpoint sizes in GB, comma-separated (default 0.5,2,4)")
     ap.add_argument("--trials", default="5", help="trials per loader and cache state: N, or one N per size (5,3,2)")
     ap.add_argument("--loaders", default=",".join(LOADERS), help=f"comma-separated subset of {','.join(LOADERS)}")
+    ap.add_argument(
+        "--focused",
+        action="store_true",
+        help="allow a subset of --loaders (a focused re-run: written only to its own --json, never to the doc tables)",
+    )
     ap.add_argument("--modes", default="cold,warm", help="cold, warm or both (default cold,warm)")
     ap.add_argument("--seed", type=int, default=None, help="shuffle seed (default: random, recorded)")
     ap.add_argument("--direct-threads", type=int, default=4, help="parallel O_DIRECT readers for the direct ceiling")
     ap.add_argument("--data-dir", type=Path, default=checkpoints.DEFAULT_DATA_DIR)
-    ap.add_argument("--json", type=Path, default=HERE / "results" / "latest.json")
+    ap.add_argument("--tiny", action="store_true", help="one checkpoint of a few MB instead of --sizes: checks the harness, measures nothing")
+    ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md", help="markdown to update ('-' for none)")
     ap.add_argument("--chart", type=Path, default=REPO / "docs" / "bench.png", help="PNG chart ('-' for none)")
     args = ap.parse_args(argv)
 
-    sizes = [float(s) for s in args.sizes.split(",")]
+    sizes = [0.0] if args.tiny else [float(s) for s in args.sizes.split(",")]
     trials = parse_trials(args.trials, len(sizes))
     loaders = [x for x in args.loaders.split(",") if x]
     unknown = [x for x in loaders if x not in LOADERS]
@@ -228,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     modes = [x for x in args.modes.split(",") if x]
     if any(x not in MODES for x in modes):
         raise SystemExit(f"--modes takes {MODES}")
+    check_focused(args, loaders)
+    if args.tiny and (args.json == DEFAULT_JSON or str(args.doc) != "-" or str(args.chart) != "-"):
+        raise SystemExit("--tiny measures nothing: give it its own --json and --doc - --chart -")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     rng = random.Random(seed)
     args.data_dir.mkdir(parents=True, exist_ok=True)
@@ -235,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benches/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     results: dict[str, Any] = {
         "command": command,
+        "focused": args.focused,
+        "content_check": "CRC32 of every byte of every tensor, per trial, digests compared across loaders (benches/content.py)",
         "seed": seed,
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine.info(args.data_dir),
@@ -253,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
     log(f"wrote {args.json}")
+    mismatched = [m for size in results["sizes"] for m in size["content_mismatches"]]
     if str(args.doc) != "-":
         report.update_doc(args.doc, "loaders", report.loaders_markdown(results))
         log(f"updated {args.doc}")
@@ -260,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         report.chart(results, args.chart)
         log(f"wrote {args.chart}")
     print(report.loaders_markdown(results))
+    if mismatched:
+        log(f"FAILED: {len(mismatched)} trial(s) returned different bytes from the other loaders")
+        return 1
     return 0
 
 

@@ -18,6 +18,7 @@ import time
 _START = time.perf_counter()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import content  # noqa: E402 - stdlib only
 from loaders import LOADERS  # noqa: E402
 
 
@@ -47,7 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     done = time.perf_counter()
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     count, nbytes = tensor_bytes(tensors)
-    extra = {}
+    memory = proc_memory()  # before the content hash, which reads every byte again
+    hash_start = time.perf_counter()
+    crcs = content.tensor_crcs(tensors)
+    extra = {
+        "content_crcs": crcs,
+        "content_digest": content.digest(tensors, crcs),
+        "hash_s": time.perf_counter() - hash_start,
+    }
     if args.loader == "snapload_eager":
         extra["read_paths"] = keepalive.read_paths
     emit(
@@ -68,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             "rss_before_mb": mem0.get("rss_mb", 0.0),
             "anon_before_mb": mem0.get("rss_anon_mb", 0.0),
             **rusage_delta(ru0, ru1),
-            **proc_memory(),
+            **memory,
             **extra,
         }
     )

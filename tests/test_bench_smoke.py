@@ -64,6 +64,64 @@ def test_worker_reports_every_field_and_loaders_agree(tiny_set: dict) -> None:
         assert row["total_s"] == pytest.approx(row["usable_s"] + row["touch_s"])
     # Same bytes in both formats, touched by the same function: the same checksum.
     assert results["snapload"]["touch_checksum"] == results["safetensors"]["touch_checksum"]
+    # And the same bytes in full: every tensor hashed after the timed region.
+    assert results["snapload"]["content_digest"] == results["safetensors"]["content_digest"]
+    assert len(results["snapload"]["content_crcs"]) == tiny_set["tensors"]
+
+
+def _benches_module(name: str):
+    sys.path.insert(0, str(BENCHES))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(BENCHES))
+
+
+def test_content_check_names_the_loader_and_tensor_that_differ() -> None:
+    content = _benches_module("content")
+    good = {"a": torch.arange(10, dtype=torch.bfloat16), "b": torch.ones(3, 4), "s": torch.tensor(7)}
+    bad = {k: v.clone() for k, v in good.items()}
+    bad["b"].view(-1).view(torch.uint8)[5] ^= 1  # one bit of one tensor
+    rows = []
+    for loader, state in (("snapload", good), ("torch", good), ("fast_but_wrong", bad)):
+        crcs = content.tensor_crcs(state)
+        rows.append({"loader": loader, "mode": "warm", "trial": 0, "content_crcs": crcs, "content_digest": content.digest(state, crcs)})
+    assert content.mismatches(rows[:2]) == []
+    (m,) = content.mismatches(rows)
+    assert m["loader"] == "fast_but_wrong" and m["reference_loader"] == "snapload"
+    assert m["tensors_differing"] == ["b"] and m["count_differing"] == 1
+    # A dtype or shape change with the same bytes is a different result too.
+    as_int = {**good, "a": good["a"].view(torch.int16)}
+    assert content.digest(as_int, content.tensor_crcs(as_int)) != rows[0]["content_digest"]
+
+
+def test_run_refuses_a_partial_loader_set_unless_focused(tmp_path: Path) -> None:
+    run = _benches_module("run")
+    with pytest.raises(SystemExit, match="re-run every loader, or pass --focused"):
+        run.main(["--loaders", "snapload,safetensors", "--sizes", "0.5"])
+    with pytest.raises(SystemExit, match="its own --json"):
+        run.main(["--loaders", "snapload", "--focused", "--sizes", "0.5"])
+
+
+@pytest.mark.slow
+def test_run_on_a_tiny_checkpoint_checks_every_loader_returns_the_same_bytes(tmp_path: Path) -> None:
+    """benches/run.py end to end with every loader (warm, one trial): each trial's tensors are
+    hashed in full and the run compares the digests; the commit is recorded."""
+    pytest.importorskip("runai_model_streamer", reason="the benchmark compares against Run:ai Model Streamer")
+    out = tmp_path / "tiny.json"
+    cmd = [sys.executable, str(BENCHES / "run.py"), "--tiny", "--trials", "1", "--modes", "warm", "--seed", "1"]
+    cmd += ["--data-dir", str(tmp_path / "data"), "--json", str(out), "--doc", "-", "--chart", "-"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    (size,) = res["sizes"]
+    loaders = _benches_module("loaders").LOADERS
+    assert {r["loader"] for r in size["trials"]} == set(loaders)
+    assert all("error" not in r for r in size["trials"]), [r.get("error") for r in size["trials"]]
+    assert len({r["content_digest"] for r in size["trials"]}) == 1
+    assert size["content_mismatches"] == []
+    assert len(res["machine"]["git"]["commit"]) == 40 and isinstance(res["machine"]["git"]["dirty"], bool)
+    assert "Same bytes from every loader" in proc.stdout
 
 
 def test_touch_pages_reads_one_byte_per_page_and_skips_aliases() -> None:
