@@ -26,12 +26,15 @@ import time
 
 HERE = os.path.abspath(__file__)
 GB = 1e9
+# LLaMA-3-8B-like dimensions, and a toy set for rehearsing the script (--tiny).
+DIMS = {"hidden": 4096, "inter": 14336, "vocab": 32000, "kv": 1024}
+TINY_DIMS = {"hidden": 256, "inter": 512, "vocab": 1024, "kv": 64}
 
 
 # ---------------------------------------------------------------- checkpoint
-def llama_shapes(target_bytes: int) -> list[tuple[str, tuple[int, ...]]]:
+def llama_shapes(target_bytes: int, dims: dict[str, int] = DIMS) -> list[tuple[str, tuple[int, ...]]]:
     """Tensor names and shapes of a LLaMA-like model of about ``target_bytes`` in bf16."""
-    hidden, inter, vocab, kv = 4096, 14336, 32000, 1024
+    hidden, inter, vocab, kv = dims["hidden"], dims["inter"], dims["vocab"], dims["kv"]
     per_layer = 2 * (hidden * hidden * 2 + hidden * kv * 2 + 3 * hidden * inter + 2 * hidden)
     fixed = 2 * (2 * vocab * hidden + hidden)
     layers = max(1, round((target_bytes - fixed) / per_layer))
@@ -52,20 +55,21 @@ def llama_shapes(target_bytes: int) -> list[tuple[str, tuple[int, ...]]]:
     return shapes + [("model.norm.weight", (hidden,)), ("lm_head.weight", (vocab, hidden))]
 
 
-def build_files(folder: str, size_gb: float, device: str) -> dict[str, str]:
+def build_files(folder: str, size_gb: float, device: str, dims: dict[str, int] = DIMS) -> dict[str, str]:
     import safetensors.torch
     import torch
 
     import snapload
 
     os.makedirs(folder, exist_ok=True)
-    paths = {k: os.path.join(folder, f"llama-{size_gb:g}gb.{k}") for k in ("snap", "safetensors", "pt")}
+    tag = "" if dims == DIMS else "-tiny"
+    paths = {k: os.path.join(folder, f"llama-{size_gb:g}gb{tag}.{k}") for k in ("snap", "safetensors", "pt")}
     if all(os.path.exists(p) for p in paths.values()):
         return paths
     gen_device = "cuda" if device == "cuda" else "cpu"
     g = torch.Generator(device=gen_device).manual_seed(0)
     sd = {}
-    for name, shape in llama_shapes(int(size_gb * GB)):
+    for name, shape in llama_shapes(int(size_gb * GB), dims):
         sd[name] = (torch.randn(shape, generator=g, device=gen_device, dtype=torch.float32) * 0.02).to(torch.bfloat16).cpu()
     t = time.perf_counter()
     snapload.snapshot(sd, paths["snap"])
@@ -144,6 +148,28 @@ def vm_hwm() -> int:
     return 0
 
 
+def import_loader(loader: str, device: str) -> None:
+    """Import everything ``loader`` needs, before the clock starts, for every loader alike (a
+    handler imports its libraries first): the timed region measures loading, not imports."""
+    import torch  # noqa: F401
+
+    if loader in ("snapload", "snapload-verify"):
+        import snapload._restore  # noqa: F401
+
+        if device == "cuda":
+            import snapload.cuda  # noqa: F401
+        else:
+            import snapload._pipeline  # noqa: F401
+    elif loader == "safetensors":
+        import safetensors.torch  # noqa: F401
+    elif loader == "fastsafetensors":
+        import fastsafetensors  # noqa: F401
+    elif loader == "instanttensor":
+        import instanttensor  # noqa: F401
+    elif loader != "torch-mmap":
+        raise SystemExit(f"unknown loader {loader}")
+
+
 def load(loader: str, paths: dict[str, str], device: str) -> tuple[int, dict]:
     import torch
 
@@ -194,12 +220,20 @@ def worker(loader: str, paths: dict[str, str], device: str, preinit: bool) -> No
     if preinit and device == "cuda":
         torch.empty(1, device="cuda")
         torch.cuda.synchronize()
+    t = time.perf_counter()
+    import_loader(loader, device)
+    imports_s = time.perf_counter() - t
     rss0 = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGESIZE")
+    modules = set(sys.modules)
     t = time.perf_counter()
     nbytes, extra = load(loader, paths, device)
     seconds = time.perf_counter() - t
     peak = vm_hwm()
-    print(json.dumps({"loader": loader, "seconds": seconds, "bytes": nbytes, "rss_before": rss0, "rss_peak": peak, **extra}))
+    # Modules first imported inside the clock: none of the loader's libraries (see import_loader);
+    # a library's own lazy submodules, if any, are part of its first load in a fresh process.
+    late = sorted(set(sys.modules) - modules)
+    row = {"loader": loader, "seconds": seconds, "bytes": nbytes, "rss_before": rss0, "rss_peak": peak}
+    print(json.dumps({**row, "imports_s": imports_s, "imported_during_load": late, **extra}))
 
 
 def run_trial(loader: str, paths: dict[str, str], device: str, preinit: bool, timeout: float) -> dict:
@@ -237,6 +271,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="JSON results path")
     ap.add_argument("--markdown", default=None, help="markdown table path")
     ap.add_argument("--budget-s", type=float, default=240, help="stop starting new trials after this long")
+    ap.add_argument("--tiny", action="store_true", help="toy dimensions (a few MB): rehearses the script, measures nothing")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--files", help=argparse.SUPPRESS)
     ap.add_argument("--preinit", action="store_true", help=argparse.SUPPRESS)
@@ -248,7 +283,11 @@ def main() -> None:
     started = time.perf_counter()
     import torch
 
-    paths = build_files(args.dir, args.size_gb, args.device)
+    sys.path.insert(0, os.path.dirname(HERE))
+    import machine  # benches/machine.py: no torch, stdlib only
+
+    provenance = {"machine": machine.info(args.dir), "loadavg_start": os.getloadavg()}
+    paths = build_files(args.dir, args.size_gb, args.device, TINY_DIMS if args.tiny else DIMS)
     size = os.path.getsize(paths["snap"])
     ceilings: dict[str, float] = {"direct_read_gbps": direct_read_ceiling(paths["snap"])}
     if args.device == "cuda":
@@ -267,6 +306,7 @@ def main() -> None:
             for loader in order:
                 if time.perf_counter() - started > args.budget_s:
                     print(f"# budget spent: skipping {state} trial {trial} {loader}", flush=True)
+                    results.append({"loader": loader, "state": state, "trial": trial, "skipped": "budget spent"})
                     continue
                 needed = [paths[{"snapload": "snap", "torch-mmap": "pt"}.get(loader, "safetensors")]]
                 fraction = set_cache(needed, state)
@@ -278,29 +318,35 @@ def main() -> None:
     table = summarize(results, ceilings, size, args)
     print(table)
     if args.out:
+        provenance["loadavg_end"] = os.getloadavg()
         with open(args.out, "w") as f:
-            json.dump({"ceilings": ceilings, "file_bytes": size, "results": results, "argv": sys.argv}, f, indent=1)
+            out = {"ceilings": ceilings, "file_bytes": size, "results": results, "argv": sys.argv, **provenance}
+            json.dump(out, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table)
 
 
 def summarize(results: list[dict], ceilings: dict, size: int, args: argparse.Namespace) -> str:
+    """The table; every row says how many trials it is the median of, since the time budget can
+    stop trials early (skipped trials are counted per row too)."""
     ceiling = ceilings.get("pinned_h2d_gbps")
+    skipped = sum(1 for r in results if "skipped" in r)
     lines = [
         f"Checkpoint: {size / GB:.2f} GB bf16, LLaMA-shaped; device {args.device} "
-        f"({ceilings.get('gpu', 'no GPU')}); medians of {args.trials} fresh-process trials; "
-        f"CUDA context created before the clock starts.",
+        f"({ceilings.get('gpu', 'no GPU')}); medians of up to {args.trials} fresh-process trials per row "
+        f"(the trials column gives the real count{f'; {skipped} trial(s) skipped when the time budget ran out' if skipped else ''}); "
+        "CUDA context created and every library imported before the clock starts.",
         "",
         f"Ceilings (same run): pinned H2D {ceilings.get('pinned_h2d_gbps', float('nan')):.1f} GB/s, "
         f"pageable H2D {ceilings.get('pageable_h2d_gbps', float('nan')):.1f} GB/s, "
         f"O_DIRECT file read {ceilings['direct_read_gbps']:.1f} GB/s",
         "",
-        "| cache | loader | median s | GB/s | of pinned H2D | of direct read | vs safetensors | peak RSS growth GB | resident before |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| cache | loader | trials | median s | GB/s | of pinned H2D | of direct read | vs safetensors | peak RSS growth GB | resident before |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for state in ("warm", "cold"):
-        rows = {}
+        rows: dict[str, list[dict]] = {}
         for r in results:
             if r.get("state") == state and "seconds" in r:
                 rows.setdefault(r["loader"], []).append(r)
@@ -312,12 +358,12 @@ def summarize(results: list[dict], ceilings: dict, size: int, args: argparse.Nam
             frac = f"{gbps / ceiling:.0%}" if ceiling else "n/a"
             direct = ceilings["direct_read_gbps"]
             lines.append(
-                f"| {state} | {loader} | {s:.3f} | {gbps:.1f} | {frac} | {gbps / direct:.0%} | "
+                f"| {state} | {loader} | {len(rs)} of {args.trials} | {s:.3f} | {gbps:.1f} | {frac} | {gbps / direct:.0%} | "
                 f"{(base / s if base else float('nan')):.1f}x | {rss:.2f} | {max(x['resident_fraction'] for x in rs):.0%} |"
             )
         for r in results:
             if r.get("state") == state and "error" in r:
-                lines.append(f"| {state} | {r['loader']} | error: {r['error'][:80]} | | | | | | |")
+                lines.append(f"| {state} | {r['loader']} | | error: {r['error'][:80]} | | | | | | |")
     return "\n".join(lines) + "\n"
 
 

@@ -205,3 +205,39 @@ def test_coldstart_harness_on_a_tiny_model(tmp_path: Path) -> None:
             assert row["prefetched_at_imports"] is None
     assert len({round(s["logits_probe"], 3) for s in res["summary"].values()}) == 1
     assert "| snapload + prefetch() first, wait() before restore |" in proc.stdout
+
+
+def test_gpu_bench_rehearsal_on_cpu_imports_before_the_clock(tmp_path: Path) -> None:
+    """benches/gpu_bench.py --device cpu on toy dimensions: the same script the GPU machine runs.
+    Every loader's libraries are imported before the clock, and each row says how many trials it
+    is the median of."""
+    pytest.importorskip("safetensors", reason="the GPU benchmark compares against safetensors (pip install safetensors)")
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, str(BENCHES / "gpu_bench.py"), "--device", "cpu", "--tiny", "--size-gb", "0.01", "--trials", "2"]
+    cmd += ["--dir", str(tmp_path / "data"), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    rows = [r for r in res["results"] if "seconds" in r]
+    assert {r["loader"] for r in rows} == {"snapload", "safetensors", "torch-mmap"}
+    for r in rows:
+        late = [m for m in r["imported_during_load"] if m.split(".")[0] in ("snapload", "safetensors")]
+        assert late == [], f"{r['loader']} imported {late} inside the clock"
+    assert proc.stdout.count("| 2 of 2 |") == 6, proc.stdout
+    assert len(res["machine"]["git"]["commit"]) == 40
+
+
+def test_gpu_bench_table_counts_the_trials_the_budget_let_run() -> None:
+    gpu_bench = _benches_module("gpu_bench")
+    row = {"bytes": 10**9, "rss_peak": 0, "rss_before": 0, "resident_fraction": 0.0}
+    results = [
+        {**row, "loader": "snapload", "state": "warm", "trial": 0, "seconds": 1.0},
+        {**row, "loader": "snapload", "state": "warm", "trial": 1, "seconds": 2.0},
+        {**row, "loader": "safetensors", "state": "warm", "trial": 0, "seconds": 3.0},
+        {"loader": "safetensors", "state": "warm", "trial": 1, "skipped": "budget spent"},
+    ]
+    args = argparse.Namespace(device="cuda", trials=2)
+    table = gpu_bench.summarize(results, {"pinned_h2d_gbps": 50.0, "direct_read_gbps": 5.0}, 10**9, args)
+    assert "| warm | snapload | 2 of 2 | 1.500 |" in table
+    assert "| warm | safetensors | 1 of 2 | 3.000 |" in table
+    assert "1 trial(s) skipped when the time budget ran out" in table
