@@ -45,20 +45,24 @@ from snapload.prefetch import evict, residency  # noqa: E402
 VARIANTS = (
     "st_load_state_dict",
     "st_assign",
+    "st_assign_prefetch",
     "from_pretrained",
     "snapload",
     "snapload_populate",
     "snapload_prefetch_wait",
     "snapload_prefetch_nowait",
+    "snapload_hf_prefetch",
 )
 LABELS = {
     "st_load_state_dict": "safetensors: from_config + load_state_dict(load_file)",
     "st_assign": "safetensors: empty init + load_state_dict(load_file, assign=True)",
+    "st_assign_prefetch": "safetensors + prefetch() first, wait(), then as above (assign=True)",
     "from_pretrained": "transformers from_pretrained",
     "snapload": "snapload: empty init + restore_module",
     "snapload_populate": "snapload: restore_module(populate='background')",
     "snapload_prefetch_wait": "snapload + prefetch() first, wait() before restore",
     "snapload_prefetch_nowait": "snapload + prefetch() first, not waited",
+    "snapload_hf_prefetch": "README handler on CPU: prefetch(), wait(), snapload.hf.load_model(path, 'cpu')",
 }
 # (phase, start mark, end mark)
 PHASES = (
@@ -94,7 +98,7 @@ TINY_MODEL: dict[str, Any] = {
     "num_key_value_heads": 4,
     "vocab_size": 8192,  # the probe prompt uses token ids up to 6593
 }
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: the snapshot records config.json (hf.config) for snapload.hf.load_model
 
 
 def log(msg: str) -> None:
@@ -124,7 +128,8 @@ def build(out: Path, spec: dict[str, Any]) -> dict[str, Any]:
         model = LlamaForCausalLM(config)
         torch.set_default_dtype(torch.float32)
     model.save_pretrained(out)  # transformers 5 always writes safetensors
-    snapload.snapshot(model, out / "model.snap")
+    # The config in the metadata, as `snapload convert` records it, so snapload.hf.load_model works.
+    snapload.snapshot(model, out / "model.snap", metadata={"hf.config": (out / "config.json").read_text()})
     for f in out.iterdir():
         if f.is_file():
             checkpoints.fsync_path(f)
@@ -255,7 +260,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"\"{LABELS[BASELINE]}\" ÷ the variant's total. \"import transformers\" includes the import of the "
         "Llama modeling module (transformers imports it lazily); \"build model\" includes reading config.json. "
         "\"after imports\" = build + load + first forward: the part the overlap can shorten. \"prefetched\" = how "
-        "much of the snapshot the prefetch had pulled in when the imports finished (median).",
+        "much of the weight file (the snapshot, or the safetensors file) the prefetch had pulled in when the imports "
+        "finished (median).",
         "",
         "| variant | " + " | ".join(name for name, _, _ in PHASES) + " | speedup | prefetched | peak RSS |",
         "|---|" + "---|" * (len(PHASES) + 3),

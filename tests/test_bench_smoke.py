@@ -182,7 +182,7 @@ def test_coldstart_harness_on_a_tiny_model(tmp_path: Path) -> None:
     """benches/coldstart.py end to end on a 2-layer Llama: every phase timed in order, the
     prefetch progress recorded, and every variant's forward pass on the same weights."""
     pytest.importorskip("transformers", reason="the cold-start benchmark builds a transformers model")
-    variants = ("st_assign", "snapload", "snapload_prefetch_wait")
+    variants = ("st_assign", "st_assign_prefetch", "snapload", "snapload_prefetch_wait", "snapload_hf_prefetch")
     out_json = tmp_path / "coldstart.json"
     cmd = [sys.executable, str(BENCHES / "coldstart.py"), "--tiny", "--trials", "1", "--variants", ",".join(variants)]
     cmd += ["--data-dir", str(tmp_path / "data"), "--json", str(out_json), "--doc", "-"]
@@ -198,9 +198,12 @@ def test_coldstart_harness_on_a_tiny_model(tmp_path: Path) -> None:
         order += ["load_weights", "first_forward"]
         assert [marks[k] for k in order] == sorted(marks[k] for k in order), row["variant"]
         assert {"model.snap", "model.safetensors"} <= set(row["cold_fractions"]), "residency checked before each trial"
-        if row["variant"] == "snapload_prefetch_wait":
+        prefetched = {"snapload_prefetch_wait": "model.snap", "snapload_hf_prefetch": "model.snap"}
+        prefetched["st_assign_prefetch"] = "model.safetensors"
+        if row["variant"] in prefetched:
             assert 0.0 <= row["prefetched_at_imports"] <= 1.0
-            assert row["prefetch_bytes_done"] == (tmp_path / "data" / "coldstart-tiny" / "model.snap").stat().st_size
+            weights = tmp_path / "data" / "coldstart-tiny" / prefetched[row["variant"]]
+            assert row["prefetch_bytes_done"] == weights.stat().st_size
         else:
             assert row["prefetched_at_imports"] is None
     assert len({round(s["logits_probe"], 3) for s in res["summary"].values()}) == 1
