@@ -331,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for i, v in enumerate(jobs):
         fractions = make_cold(out, libs)
+        load1 = os.getloadavg()[0]  # this shared machine's other work, recorded per trial
         env = dict(os.environ, SNAPLOAD_COLDSTART_SPAWN_NS=str(time.monotonic_ns()))
         argv_child = [sys.executable, str(HERE / "coldstart_child.py"), v, str(out)]
         try:
@@ -341,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         weights = [f for k, f in fractions.items() if k != "libs"]
         row["cold_fractions"] = fractions
+        row["loadavg_1m"] = load1
         row["cold_ok"] = max(weights) <= 0.02
         rows.append(row)
         ph = phases(row["marks_ns"])

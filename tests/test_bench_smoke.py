@@ -198,6 +198,7 @@ def test_coldstart_harness_on_a_tiny_model(tmp_path: Path) -> None:
         order += ["load_weights", "first_forward"]
         assert [marks[k] for k in order] == sorted(marks[k] for k in order), row["variant"]
         assert {"model.snap", "model.safetensors"} <= set(row["cold_fractions"]), "residency checked before each trial"
+        assert isinstance(row["loadavg_1m"], float), "the machine's load is recorded with every trial"
         prefetched = {"snapload_prefetch_wait": "model.snap", "snapload_hf_prefetch": "model.snap"}
         prefetched["st_assign_prefetch"] = "model.safetensors"
         if row["variant"] in prefetched:

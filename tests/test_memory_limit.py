@@ -12,6 +12,7 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import torch
@@ -41,7 +42,7 @@ print(json.dumps({"crc32": crcs}), flush=True)
 """
 
 
-def _skip_or_fail(reason: str) -> None:
+def _skip_or_fail(reason: str) -> NoReturn:
     # CI runs as root on a machine with a memory cgroup: there the proof must run, not skip.
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must run this test: {reason}")
