@@ -299,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="default benches/results/coldstart[-libs].json")
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md", help="'-' for none")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer toy model: checks the harness, measures nothing")
+    ap.add_argument("--section", default=None, help="the doc section to rewrite (default coldstart or coldstart-libs)")
     args = ap.parse_args(argv)
     if args.json is None:
         args.json = HERE / "results" / ("coldstart-libs.json" if args.cold_libs else "coldstart.json")
@@ -360,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps(res, indent=1) + "\n")
     md = markdown(res)
     if str(args.doc) != "-":
-        report.update_doc(args.doc, "coldstart-libs" if args.cold_libs else "coldstart", md)
+        section = args.section or ("coldstart-libs" if args.cold_libs else "coldstart")
+        report.update_doc(args.doc, section, md)
     print(md)
     probes = {round(s["logits_probe"], 3) for s in res["summary"].values()}
     return 1 if res["errors"] or len(probes) > 1 else 0
