@@ -64,7 +64,8 @@ def versions() -> dict[str, str]:
 def git_state(repo: Path = Path(__file__).resolve().parent.parent) -> dict[str, Any]:
     """The commit the benchmark code and snapload came from, and whether tracked files differed
     from it (a dirty tree's numbers belong to no commit). Untracked files (bench data, results)
-    do not count."""
+    do not count. Without git, ``SNAPLOAD_GIT_COMMIT`` (set by whoever copied the tree) is
+    recorded, marked as given rather than checked."""
 
     def git(*argv: str) -> str:
         return subprocess.run(["git", "-C", str(repo), *argv], capture_output=True, text=True, check=True).stdout.strip()
@@ -75,7 +76,9 @@ def git_state(repo: Path = Path(__file__).resolve().parent.parent) -> dict[str, 
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         }
     except (OSError, subprocess.CalledProcessError) as e:
-        return {"commit": None, "dirty": None, "error": str(e)}
+        # A copy of the tree without .git (the GPU machine): the caller may say which commit it is.
+        given = os.environ.get("SNAPLOAD_GIT_COMMIT")
+        return {"commit": given, "dirty": None, "error": f"no git: {e}", "from_env": given is not None}
 
 
 def info(data_dir: Path) -> dict[str, Any]:

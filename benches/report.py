@@ -53,6 +53,8 @@ def machine_markdown(results: dict[str, Any]) -> str:
 def format_git(g: dict[str, Any] | None) -> str:
     if not g or not g.get("commit"):
         return "commit not recorded (results written before benches recorded it)"
+    if g.get("from_env"):
+        return f"commit {g['commit'][:12]} (given by SNAPLOAD_GIT_COMMIT; no git on the machine to check it)"
     return f"commit {g['commit'][:12]}" + (" with uncommitted changes" if g.get("dirty") else "")
 
 

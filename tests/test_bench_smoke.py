@@ -245,3 +245,17 @@ def test_gpu_bench_table_counts_the_trials_the_budget_let_run() -> None:
     assert "| warm | snapload | 2 of 2 | 1.500 |" in table
     assert "| warm | safetensors | 1 of 2 | 3.000 |" in table
     assert "1 trial(s) skipped when the time budget ran out" in table
+
+
+def test_results_record_the_commit_or_say_who_gave_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    machine = _benches_module("machine")
+    here = machine.git_state()
+    assert len(here["commit"]) == 40 and isinstance(here["dirty"], bool)
+    monkeypatch.setenv("SNAPLOAD_GIT_COMMIT", "f" * 40)
+    copied = machine.git_state(tmp_path)  # a copy of the tree without .git, as on the GPU machine
+    assert copied["commit"] == "f" * 40 and copied["from_env"] is True and copied["dirty"] is None
+    report = _benches_module("report")
+    assert "given by SNAPLOAD_GIT_COMMIT" in report.format_git(copied)
+    monkeypatch.delenv("SNAPLOAD_GIT_COMMIT")
+    assert machine.git_state(tmp_path)["commit"] is None
+    assert "not recorded" in report.format_git(machine.git_state(tmp_path))
