@@ -14,9 +14,9 @@ SNAPLOAD_COLDSTART_SPAWN_NS, so interpreter start-up is measured too. Variants:
   fill the mapping while the handler goes on to its first forward pass.
 - ``snapload_prefetch_wait`` / ``snapload_prefetch_nowait``: ``snapload.prefetch`` started before
   ``import torch``, then waited for (or not) before ``restore_module``.
-- ``st_assign_prefetch``: ``st_assign`` with ``snapload.prefetch`` of the safetensors file started
-  before ``import torch`` and waited for before ``load_file``: prefetch works on any file, so
-  safetensors gets the same overlap as snapload.
+- ``st_assign_prefetch``: ``st_assign`` with ``snapload.prefetch(..., validate=False)`` of the
+  safetensors file started before ``import torch`` and waited for before ``load_file``: prefetch
+  works on any file, so safetensors gets the same overlap as snapload.
 - ``snapload_hf_prefetch``: the README's handler as written, on the CPU: ``prefetch`` first, then
   ``import torch, snapload.hf``, ``wait()``, ``snapload.hf.load_model(path, "cpu")`` (the model
   rebuilt from the config recorded in the snapshot).
@@ -41,7 +41,8 @@ prefetch_handle = None
 if VARIANT in PREFETCHED:
     import snapload  # light: no torch
 
-    prefetch_handle = snapload.prefetch(PREFETCHED[VARIANT])
+    # validate=False: prefetch any file, as for a snapshot (validation checks the snapshot header).
+    prefetch_handle = snapload.prefetch(PREFETCHED[VARIANT], validate=PREFETCHED[VARIANT] == SNAP)
 T_PREFETCH_STARTED = time.monotonic_ns()
 
 
