@@ -36,6 +36,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(HERE))
+
+import machine  # noqa: E402 - benches/machine.py: stdlib only
 
 from snapload.prefetch import evict, residency  # noqa: E402
 
@@ -159,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benches/vllm_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "git": machine.git_state()},
+        "loadavg_end": os.getloadavg(),  # this machine is shared: say how busy it was
         "model_bytes": size_bytes,
         "trials": args.trials,
         "rows": rows,
