@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from snapload import _native
+from snapload import _native, _remote
 from snapload._info import SnapshotInfo, TensorInfo, open, tensor_table
 from snapload._views import views_of
 
@@ -63,9 +63,14 @@ def restore(
     verify: bool = False,
     threads: int = 0,
     populate: str = "auto",
+    cache_dir: str | os.PathLike[str] | None = None,
     **cuda_options: Any,
 ) -> dict[str, torch.Tensor]:
     """Restore every tensor of a snapshot onto ``device``.
+
+    ``path`` may be a URL (``s3://bucket/key``, ``https://host/path``): see docs/remote.md. With
+    ``cache_dir`` (or ``SNAPLOAD_CACHE_DIR``) it is fetched once into a verified local file there
+    and restored from it; without, it is fetched straight into host memory or the device.
 
     On the CPU the file is mapped once, copy-on-write: each tensor is a view of the mapping (no
     byte is copied), writable, and keeps the mapping alive. On ``cuda``/``cuda:N`` the file is
@@ -80,6 +85,11 @@ def restore(
     ``verify=True`` reads every page anyway.
     """
     dev = torch.device(device)
+    path = _remote.local_path(path, cache_dir)
+    if _remote.is_url(path):
+        if populate != "auto" and dev.type == "cpu":
+            raise TypeError("populate applies to mapped files; a URL without a cache is fetched whole")
+        return _remote.restore(os.fspath(path), dev, threads=threads, cuda_options=cuda_options)
     if dev.type == "cpu":
         if cuda_options:
             raise TypeError(f"options {sorted(cuda_options)} apply to CUDA restores only")

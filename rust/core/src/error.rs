@@ -29,6 +29,11 @@ pub enum Error {
 
     #[error("{path}: operation cancelled")]
     Cancelled { path: PathBuf },
+
+    /// A remote object was replaced while it was being read: its ETag (or version) no longer
+    /// matches the one pinned when it was opened, so bytes of two versions must not be mixed.
+    #[error("{path}: the object changed while it was being read ({reason}); restore again to read the new version")]
+    ObjectChanged { path: PathBuf, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

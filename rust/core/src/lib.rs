@@ -9,7 +9,9 @@ pub mod layout;
 pub mod pipeline;
 pub mod plan;
 pub mod reader;
+pub mod remote;
 pub mod residency;
+pub mod source;
 pub mod writer;
 
 pub use dtype::Dtype;

@@ -261,6 +261,7 @@ pub struct Stats {
     pub mmap_bytes: u64,
     pub direct_bytes: u64,
     pub buffered_bytes: u64,
+    pub remote_bytes: u64,
 }
 
 #[derive(Default)]
@@ -268,6 +269,7 @@ struct Counters {
     mmap: AtomicU64,
     direct: AtomicU64,
     buffered: AtomicU64,
+    remote: AtomicU64,
 }
 
 struct State {
@@ -290,7 +292,8 @@ struct Shared {
     next: AtomicUsize,
     state: Mutex<State>,
     wake: Condvar,
-    map: Mmap,
+    /// A read-only mapping of a local snapshot (mincore, `ReadMode::Mmap`); `None` when remote.
+    map: Option<Mmap>,
     direct: Option<File>,
     direct_refused: AtomicBool,
     mode: ReadMode,
@@ -318,24 +321,21 @@ impl Pipeline {
         let lease = Ring::lease(&ring)?;
         let layout = arena_layout(snapshot.header());
         let chunks = chunk_spans(&layout.spans, ring.slot_size() as u64);
-        // SAFETY: read-only shared mapping of a file we hold open, sized to the validated header
-        // (re-checked against the file's size right here). Snapshots are immutable by contract
-        // (docs/format.md); it is read only in `ReadMode::Mmap` and otherwise serves mincore.
-        let map = unsafe {
-            let size = snapshot.file().metadata().at(&path, "stat")?.len();
-            if size < snapshot.header().file_size {
-                return Err(Error::truncated(&path, format!("file shrank to {size} bytes after it was opened")));
-            }
-            MmapOptions::new().len(snapshot.header().file_size as usize).map(snapshot.file())
-        }
-        .at(&path, "mmap")?;
+        // A remote snapshot has no file: no mapping, no O_DIRECT; every chunk is a ranged read.
+        let map = match snapshot.file() {
+            Some(file) => Some(map_for_reads(file, &path, snapshot.header().file_size)?),
+            None => None,
+        };
         let direct = match options.mode {
-            ReadMode::Auto | ReadMode::Direct => open_direct(&path),
+            ReadMode::Auto | ReadMode::Direct if map.is_some() => open_direct(&path),
             _ => None,
         };
         let header = snapshot.header();
         let owners: Vec<usize> = (0..header.tensors.len()).filter(|&i| header.tensors[i].alias_of.is_none()).collect();
-        let pieces = options.verify.then(|| owners.iter().map(|_| Mutex::new(Vec::new())).collect());
+        // Remote bytes crossed a network: their checksums are always checked (and they are being
+        // touched anyway, so hashing them as they arrive costs little).
+        let verify = options.verify || snapshot.is_remote();
+        let pieces = verify.then(|| owners.iter().map(|_| Mutex::new(Vec::new())).collect());
         let workers = if options.threads == 0 { checksum::default_threads() } else { options.threads }.max(1);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -481,7 +481,15 @@ impl Pipeline {
         }
         let c = &s.counters;
         let (mmap, direct, buffered) = (c.mmap.load(Ordering::Relaxed), c.direct.load(Ordering::Relaxed), c.buffered.load(Ordering::Relaxed));
-        Ok(Stats { chunks: s.chunks.len() as u64, bytes: mmap + direct + buffered, mmap_bytes: mmap, direct_bytes: direct, buffered_bytes: buffered })
+        let remote = c.remote.load(Ordering::Relaxed);
+        Ok(Stats {
+            chunks: s.chunks.len() as u64,
+            bytes: mmap + direct + buffered + remote,
+            mmap_bytes: mmap,
+            direct_bytes: direct,
+            buffered_bytes: buffered,
+            remote_bytes: remote,
+        })
     }
 
     /// Join every reader, then release the ring. Idempotent.
@@ -498,6 +506,18 @@ impl Drop for Pipeline {
     fn drop(&mut self) {
         self.cancel();
     }
+}
+
+/// A read-only shared mapping of a local snapshot, sized to its validated header.
+fn map_for_reads(file: &File, path: &Path, file_size: u64) -> Result<Mmap> {
+    let size = file.metadata().at(path, "stat")?.len();
+    if size < file_size {
+        return Err(Error::truncated(path, format!("file shrank to {size} bytes after it was opened")));
+    }
+    // SAFETY: read-only shared mapping of a file we hold open, sized to the validated header
+    // (re-checked against the file's size right above). Snapshots are immutable by contract
+    // (docs/format.md); it is read only in `ReadMode::Mmap` and otherwise serves mincore.
+    unsafe { MmapOptions::new().len(file_size as usize).map(file) }.at(path, "mmap")
 }
 
 fn open_direct(path: &Path) -> Option<File> {
@@ -562,16 +582,22 @@ impl Shared {
         let path = self.snapshot.path();
         let len = c.len as usize;
         let (off, end) = (c.file_offset as usize, c.file_offset as usize + len);
+        let Some(map) = &self.map else {
+            // Remote: concurrent ranged GETs straight into the slot (see `remote::RemoteObject`).
+            self.snapshot.source().read_at(&mut buf[..len], c.file_offset)?;
+            self.counters.remote.fetch_add(c.len, Ordering::Relaxed);
+            return Ok(());
+        };
         let mode = match self.mode {
             ReadMode::Auto => {
-                let cached = mapped_resident_bytes(&self.map, c.file_offset, c.len).at(path, "mincore")? == c.len;
+                let cached = mapped_resident_bytes(map, c.file_offset, c.len).at(path, "mincore")? == c.len;
                 if cached { ReadMode::Buffered } else { ReadMode::Direct }
             }
             m => m,
         };
         match mode {
             ReadMode::Mmap => {
-                buf[..len].copy_from_slice(&self.map[off..end]);
+                buf[..len].copy_from_slice(&map[off..end]);
                 self.counters.mmap.fetch_add(c.len, Ordering::Relaxed);
             }
             ReadMode::Direct if self.direct.is_some() && !self.direct_refused.load(Ordering::Relaxed) => {
@@ -593,14 +619,7 @@ impl Shared {
     }
 
     fn read_buffered(&self, c: &Span, buf: &mut [u8]) -> Result<()> {
-        let path = self.snapshot.path();
-        self.snapshot.file().read_exact_at(&mut buf[..c.len as usize], c.file_offset).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::truncated(path, format!("file ends before byte {}", c.file_offset + c.len))
-            } else {
-                Error::io(path, "read", e)
-            }
-        })?;
+        self.snapshot.source().read_at(&mut buf[..c.len as usize], c.file_offset)?;
         self.counters.buffered.fetch_add(c.len, Ordering::Relaxed);
         Ok(())
     }

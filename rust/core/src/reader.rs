@@ -2,14 +2,15 @@
 //! made, so nothing later trusts the file blindly.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::{MmapMut, MmapOptions};
 
 use crate::checksum;
 use crate::error::{Error, IoContext, Result};
 use crate::header::{parse_preamble, Header, PREAMBLE_LEN};
+use crate::source::{FileSource, Source};
 
 /// Open `path` for reading and return it with its size; a folder is `EISDIR` and any other
 /// non-regular file (a device, a FIFO) `InvalidInput`, both naming `path`, instead of whatever a
@@ -31,7 +32,7 @@ pub fn open_regular_file(path: &Path) -> Result<(File, u64)> {
 /// tensors are in use changes nothing for them.
 pub struct Snapshot {
     path: PathBuf,
-    file: File,
+    source: Arc<dyn Source>,
     header: Header,
     header_len: u64,
 }
@@ -39,13 +40,27 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn open(path: &Path) -> Result<Snapshot> {
         let (file, size) = open_regular_file(path)?;
-        let mut preamble = vec![0u8; PREAMBLE_LEN.min(size) as usize];
-        file.read_exact_at(&mut preamble, 0).at(path, "read preamble")?;
-        let pre = parse_preamble(path, &preamble, size)?;
-        let mut json = vec![0u8; pre.header_len as usize];
-        file.read_exact_at(&mut json, PREAMBLE_LEN).at(path, "read header")?;
-        let header = Header::parse(path, pre, &json, size)?;
-        Ok(Snapshot { path: path.to_owned(), file, header, header_len: pre.header_len })
+        // Local reads are cheap: read exactly the preamble, then exactly the header.
+        Snapshot::from_source(Arc::new(FileSource::new(path, file, size)), PREAMBLE_LEN)
+    }
+
+    /// Read and validate the preamble and header of any source. The first read takes
+    /// `first_read` bytes (at least the preamble): a remote source passes enough to hold a
+    /// typical header, so one ranged request usually covers both.
+    pub fn from_source(source: Arc<dyn Source>, first_read: u64) -> Result<Snapshot> {
+        let path = source.name().to_owned();
+        let size = source.size();
+        let mut head = vec![0u8; first_read.max(PREAMBLE_LEN).min(size) as usize];
+        source.read_at(&mut head, 0)?;
+        let pre = parse_preamble(&path, &head[..PREAMBLE_LEN.min(size) as usize], size)?;
+        let json_end = (PREAMBLE_LEN + pre.header_len) as usize;
+        if head.len() < json_end {
+            let have = head.len();
+            head.resize(json_end, 0);
+            source.read_at(&mut head[have..], have as u64)?;
+        }
+        let header = Header::parse(&path, pre, &head[PREAMBLE_LEN as usize..json_end], size)?;
+        Ok(Snapshot { path, source, header, header_len: pre.header_len })
     }
 
     pub fn path(&self) -> &Path {
@@ -56,8 +71,25 @@ impl Snapshot {
         &self.header
     }
 
-    pub fn file(&self) -> &File {
-        &self.file
+    /// The open file of a local snapshot; `None` for a remote one.
+    pub fn file(&self) -> Option<&File> {
+        self.source.as_file()
+    }
+
+    /// Where the bytes come from (a local file or a remote object).
+    pub fn source(&self) -> &Arc<dyn Source> {
+        &self.source
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.source.as_file().is_none()
+    }
+
+    /// The local file, or an error saying that a remote snapshot has none.
+    fn local_file(&self) -> Result<&File> {
+        self.file().ok_or_else(|| {
+            Error::InvalidArgument(format!("{}: a remote snapshot cannot be mapped; fetch it into memory or a cache first", self.path.display()))
+        })
     }
 
     pub fn data_start(&self) -> u64 {
@@ -68,19 +100,20 @@ impl Snapshot {
     /// writes never reach the file.
     pub fn map_private(&self) -> Result<Mapping> {
         self.check_size_unchanged()?;
+        let file = self.local_file()?;
         // SAFETY: MAP_PRIVATE of a file we hold open. The format's contract (docs/format.md) is that
         // snapshots are immutable and replaced by rename, never rewritten in place; we checked the
         // size still matches the validated header just above, so every validated offset is mapped.
         // MAP_NORESERVE: a private writable mapping is otherwise charged in full against the
         // commit limit, so a snapshot larger than RAM + swap could not be mapped at all. Only
         // pages a caller writes become private copies; those are ordinary anonymous memory.
-        let map = unsafe { MmapOptions::new().len(self.header.file_size as usize).no_reserve_swap().map_copy(&self.file) }
+        let map = unsafe { MmapOptions::new().len(self.header.file_size as usize).no_reserve_swap().map_copy(file) }
             .at(&self.path, "mmap")?;
-        Ok(Mapping { map, file: self.file.try_clone().at(&self.path, "dup file descriptor")? })
+        Ok(Mapping { map, file: file.try_clone().at(&self.path, "dup file descriptor")? })
     }
 
     fn check_size_unchanged(&self) -> Result<()> {
-        let now = self.file.metadata().at(&self.path, "stat")?.len();
+        let now = self.local_file()?.metadata().at(&self.path, "stat")?.len();
         if now < self.header.file_size {
             return Err(Error::truncated(&self.path, format!("file shrank to {now} bytes after it was opened")));
         }

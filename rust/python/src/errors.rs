@@ -21,6 +21,7 @@ create_exception!(snapload._native, CorruptHeaderError, SnapshotError, "The head
 create_exception!(snapload._native, TruncatedFileError, SnapshotError, "The file is shorter than its header says.");
 create_exception!(snapload._native, ChecksumMismatchError, SnapshotError, "A tensor's bytes do not match the checksum recorded for it.");
 create_exception!(snapload._native, CancelledError, SnapshotError, "A restore or write was cancelled before it finished.");
+create_exception!(snapload._native, ObjectChangedError, SnapshotError, "A remote object was overwritten while it was being read.");
 
 pub fn to_pyerr(err: Error) -> PyErr {
     let msg = err.to_string();
@@ -32,6 +33,7 @@ pub fn to_pyerr(err: Error) -> PyErr {
         Error::Truncated { .. } => TruncatedFileError::new_err(msg),
         Error::ChecksumMismatch { .. } => ChecksumMismatchError::new_err(msg),
         Error::Cancelled { .. } => CancelledError::new_err(msg),
+        Error::ObjectChanged { .. } => ObjectChangedError::new_err(msg),
         Error::InvalidArgument(_) => PyValueError::new_err(msg),
     }
 }
@@ -67,5 +69,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TruncatedFileError", py.get_type::<TruncatedFileError>())?;
     m.add("ChecksumMismatchError", py.get_type::<ChecksumMismatchError>())?;
     m.add("CancelledError", py.get_type::<CancelledError>())?;
+    m.add("ObjectChangedError", py.get_type::<ObjectChangedError>())?;
     Ok(())
 }

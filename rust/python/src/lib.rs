@@ -6,6 +6,7 @@ mod errors;
 mod gil;
 mod pipeline;
 mod plan;
+mod remote;
 mod residency;
 mod snapshot;
 mod writer;
@@ -28,6 +29,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<plan::PyOutcome>()?;
     m.add_function(wrap_pyfunction!(plan::plan_simulate, m)?)?;
     m.add_function(wrap_pyfunction!(plan::plan_simulate_detail, m)?)?;
+    m.add_function(wrap_pyfunction!(remote::fetch_to_cache, m)?)?;
+    m.add_function(wrap_pyfunction!(remote::is_url, m)?)?;
     m.add("FORMAT_VERSION", snapload_core::header::FORMAT_VERSION)?;
     m.add("DTYPES", snapload_core::Dtype::ALL.iter().map(|d| d.name()).collect::<Vec<_>>())?;
     Ok(())

@@ -124,6 +124,7 @@ impl PyPipeline {
             ("mmap_bytes", s.mmap_bytes),
             ("direct_bytes", s.direct_bytes),
             ("buffered_bytes", s.buffered_bytes),
+            ("remote_bytes", s.remote_bytes),
         ]))
     }
 }

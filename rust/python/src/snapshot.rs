@@ -10,6 +10,7 @@ use pyo3::exceptions::PyBufferError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use snapload_core::residency::{Prefetch, Priority};
+use snapload_core::remote::{self, RemoteOptions};
 use snapload_core::{Mapping, Snapshot};
 
 use crate::gil::without_gil;
@@ -30,11 +31,29 @@ impl PySnapshot {
 
 #[pymethods]
 impl PySnapshot {
-    /// Open and validate a snapshot; reads only the preamble and header.
+    /// Open and validate a snapshot; reads only the preamble and header. `path` may be a URL
+    /// (s3://, http://, https://): one HEAD and one ranged GET, the version pinned.
     #[new]
     fn open(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let inner = without_gil(py, "Snapshot()", || Snapshot::open(&path))?;
+        let inner = match path.to_str().filter(|p| remote::is_url(p)) {
+            Some(url) => {
+                let options = RemoteOptions::from_env();
+                without_gil(py, "Snapshot(url)", || remote::open(url, &options))?
+            }
+            None => without_gil(py, "Snapshot()", || Snapshot::open(&path))?,
+        };
         Ok(PySnapshot { inner: Arc::new(inner) })
+    }
+
+    /// True for a snapshot read from object storage.
+    #[getter]
+    fn is_remote(&self) -> bool {
+        self.inner.is_remote()
+    }
+
+    /// Fetch the whole file into `buffer` (writable, exactly `file_size` bytes), verified.
+    fn fetch_into(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
+        crate::remote::fetch_into(py, self, buffer)
     }
 
     #[getter]

@@ -1,0 +1,138 @@
+//! The stream-through cache: a remote snapshot is fetched once into a local file, published
+//! under its final name (by rename) only once complete and verified, so that the next cold start
+//! on this host reads local disk or the page cache.
+//!
+//! The file's name is a hash of the URL and the pinned ETag/version/size: a new version of the
+//! object gets a new file. A lock file per entry (`flock`) makes several processes restoring the
+//! same URL share one download: the first fetches, the others wait on the lock and then find the
+//! published file. The lock dies with its holder, and a crashed download leaves only a `.tmp.*`
+//! file, which the next holder of the lock removes.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use memmap2::MmapOptions;
+use sha2::{Digest, Sha256};
+
+use super::object::RemoteObject;
+use super::options::RemoteOptions;
+use super::{fetch_verified, FIRST_READ};
+use crate::error::{IoContext, Result};
+use crate::reader::Snapshot;
+use crate::source::Source;
+
+/// The cache entry's file name for an object: readable prefix, then a hash of what pins it.
+pub fn cache_file_name(name: &str, e_tag: Option<&str>, version: Option<&str>, size: u64) -> String {
+    let mut h = Sha256::new();
+    for part in [name, e_tag.unwrap_or(""), version.unwrap_or(""), &size.to_string()] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    let digest: String = h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let stem: String = name
+        .rsplit('/')
+        .next()
+        .unwrap_or("snapshot")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' })
+        .take(64)
+        .collect();
+    let stem = stem.strip_suffix(".snap").unwrap_or(&stem);
+    format!("{stem}-{digest}.snap")
+}
+
+/// What `fetch_to_cache` did: the published file, and whether this call downloaded it.
+pub struct Cached {
+    pub path: PathBuf,
+    pub downloaded: bool,
+}
+
+/// The local, verified copy of the snapshot at `url` in `cache_dir`, downloading it first unless
+/// a published copy of the same version is there already.
+pub fn fetch_to_cache(url: &str, cache_dir: &Path, options: &RemoteOptions, cancel: &AtomicBool) -> Result<Cached> {
+    let object = std::sync::Arc::new(RemoteObject::open(url, options)?);
+    let name = object.name().to_string_lossy().into_owned();
+    let file_name = cache_file_name(&name, object.e_tag(), object.version(), object.size());
+    std::fs::create_dir_all(cache_dir).at(cache_dir, "create cache directory")?;
+    let final_path = cache_dir.join(&file_name);
+    let lock_path = cache_dir.join(format!("{file_name}.lock"));
+    let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).at(&lock_path, "open cache lock")?;
+    flock_exclusive(&lock).at(&lock_path, "lock cache entry")?;
+    // From here on this process owns the entry until `lock` is closed.
+    if final_path.exists() {
+        let local = Snapshot::open(&final_path)?;
+        if local.header().file_size == object.size() {
+            return Ok(Cached { path: final_path, downloaded: false });
+        }
+        // Same name, different size: not ours (a hash collision or a hand edit); fetch anew.
+    }
+    remove_stale_temporaries(cache_dir, &file_name);
+    let snapshot = Snapshot::from_source(object.clone(), FIRST_READ)?;
+    let tmp_path = cache_dir.join(format!("{file_name}.tmp.{}", std::process::id()));
+    let result = write_verified(&snapshot, &tmp_path, options, cancel);
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp_path);
+        return Err(e);
+    }
+    std::fs::rename(&tmp_path, &final_path).at(&final_path, "publish cache file")?;
+    File::open(cache_dir).and_then(|d| d.sync_all()).at(cache_dir, "sync cache directory")?;
+    Ok(Cached { path: final_path, downloaded: true })
+}
+
+/// Fetch into a new file through a shared writable mapping (the bytes go straight into its page
+/// cache pages), check every checksum, and make it durable before it may be published.
+fn write_verified(snapshot: &Snapshot, tmp_path: &Path, options: &RemoteOptions, cancel: &AtomicBool) -> Result<()> {
+    let size = snapshot.header().file_size;
+    let file = OpenOptions::new().create_new(true).read(true).write(true).open(tmp_path).at(tmp_path, "create cache file")?;
+    file.set_len(size).at(tmp_path, "size cache file")?;
+    if size > 0 {
+        // SAFETY: a shared mapping of a file this process just created under a name no other
+        // process uses (`.tmp.<pid>`, removed only under the entry's lock, which we hold); its
+        // length was set just above, and nothing else truncates it while mapped.
+        let mut map = unsafe { MmapOptions::new().len(size as usize).map_mut(&file) }.at(tmp_path, "mmap cache file")?;
+        fetch_verified(snapshot, &mut map, options.part_size, options.concurrency, cancel)?;
+        map.flush().at(tmp_path, "flush cache file")?;
+    }
+    file.sync_all().at(tmp_path, "sync cache file")
+}
+
+fn remove_stale_temporaries(dir: &Path, file_name: &str) {
+    let prefix = format!("{file_name}.tmp.");
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn flock_exclusive(file: &File) -> std::io::Result<()> {
+    loop {
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_change_with_the_version_and_stay_readable() {
+        let a = cache_file_name("s3://b/models/llama.snap", Some("\"e1\""), None, 10);
+        let b = cache_file_name("s3://b/models/llama.snap", Some("\"e2\""), None, 10);
+        assert_ne!(a, b);
+        assert!(a.starts_with("llama-") && a.ends_with(".snap"), "{a}");
+        assert_eq!(a, cache_file_name("s3://b/models/llama.snap", Some("\"e1\""), None, 10));
+    }
+}
