@@ -63,6 +63,20 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """No request log, and a client that hangs up mid-answer (as clients that gave up on a
+    faulty range do) ends the exchange quietly."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
 # --- plain HTTP server with Range -----------------------------------------------------------
 
 
@@ -86,11 +100,8 @@ class RangeServer:
         self.denied: set[str] = set()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
 
             def do_HEAD(self) -> None:
                 self._answer(head=True)
@@ -198,11 +209,8 @@ class FaultProxy:
         self.stop = threading.Event()
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
 
             def do_HEAD(self) -> None:
                 self._forward(None)

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from snapload._progress import format_bytes, format_rate
+from snapload._remote import is_url, warm_url
 from snapload.prefetch import prefetch, residency
 
 WARM_THREADS = 4
@@ -59,6 +60,8 @@ def validate_all(paths: list[str]) -> None:
 def run_warm(args: argparse.Namespace) -> int:
     validate_all(args.paths)
     for path in args.paths:
+        if is_url(path):  # a URL warms the local cache (SNAPLOAD_CACHE_DIR) instead
+            path = warm_url(path)
         before = residency(path, validate=False)
         start = time.perf_counter()
         prefetch(path, threads=args.threads, background=False, validate=False).wait()

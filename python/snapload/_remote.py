@@ -72,3 +72,85 @@ def restore(url: str, device: torch.device, *, threads: int, cuda_options: dict[
     from snapload import cuda
 
     return cuda.restore(url, device, threads=threads, **cuda_options)
+
+
+def verify(url: str, threads: int = 0) -> tuple[int, int]:
+    """Check every tensor's checksum of a remote snapshot without keeping it: the pipeline reads
+    it through a small ring (ranged GETs, always verified) into a sink that drops each slot.
+    Returns (tensors, data bytes). No torch."""
+    from snapload._pipeline import default_threads
+
+    snap = _native.Snapshot(url)
+    ring = _native.Ring(4, 8 << 20)
+    pipeline = _native.Pipeline(snap, ring, threads or default_threads(), "auto", True)
+    try:
+        while (filled := pipeline.next_filled()) is not None:
+            pipeline.release(filled[0])
+        counts = pipeline.finish()
+    except BaseException:
+        pipeline.cancel()
+        raise
+    return len(snap.tensors()), counts["bytes"]
+
+
+class CachePrefetch:
+    """``prefetch()`` of a URL: a background thread fetches it into the cache directory (shared
+    with any other process doing the same), so that a later ``restore(url, cache_dir=...)``
+    finds it local. ``wait()`` re-raises what the download raised."""
+
+    def __init__(self, url: str, cache_dir: str) -> None:
+        import threading
+
+        self.url = url
+        self.path: str | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(url, cache_dir), name="snapload-cache-fetch", daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str, cache_dir: str) -> None:
+        try:
+            self.path = fetch_to_cache(url, cache_dir)[0]
+        except BaseException as e:  # noqa: BLE001 - handed to wait()
+            self.error = e
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self) -> str:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.path is not None
+        return self.path
+
+    def detach(self) -> None:
+        """Let the download go on in the background (it always does; kept for parity)."""
+
+
+def prefetch(url: str, cache_dir: str | os.PathLike[str] | None) -> CachePrefetch:
+    directory = cache_dir_for(cache_dir)
+    if directory is None:
+        raise ValueError(
+            f"{url}: prefetching a URL fills the local cache: pass cache_dir= or set {CACHE_ENV}"
+        )
+    return CachePrefetch(url, directory)
+
+
+def warm_url(url: str) -> str:
+    """``snapload warm URL``: fetch into ``SNAPLOAD_CACHE_DIR`` (printing what happened) and
+    return the local copy, whose residency is then reported like a file's."""
+    import time
+
+    from snapload._progress import format_bytes, format_rate
+
+    directory = cache_dir_for(None)
+    if directory is None:
+        raise ValueError(f"{url}: warming a URL fills the local cache: set {CACHE_ENV}")
+    start = time.perf_counter()
+    path, downloaded = fetch_to_cache(url, directory)
+    seconds = time.perf_counter() - start
+    size = os.path.getsize(path)
+    what = f"downloaded {format_bytes(size)} in {seconds:.2f} s ({format_rate(size, seconds)})" if downloaded else "already cached"
+    print(f"{url}: {what} -> {path}")
+    return path

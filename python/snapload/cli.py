@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from snapload import _native
+from snapload._remote import is_url
+from snapload._remote import verify as verify_url
 from snapload._info import open as snapshot_info
 from snapload._progress import ProgressBar, format_bytes, format_rate
 from snapload.errors import SnapshotError
@@ -198,6 +200,12 @@ def register_verify(subparsers: Any) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise UsageError("--threads must be 0 (one per core) or more")
+    if is_url(args.path):  # streamed through a small ring and dropped, never held whole
+        start = time.perf_counter()
+        count, nbytes = verify_url(args.path, args.threads)
+        seconds = time.perf_counter() - start
+        print(f"OK {args.path}: {_count(count, 'tensor')}, {format_bytes(nbytes)} verified in {seconds:.2f} s ({format_rate(nbytes, seconds)})")
+        return 0
     snap = open_snapshot(args.path)
     tensors = snap.tensors()
     nbytes = sum(row[4] for row in tensors if row[6] is None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from snapload import _native
+from snapload import _native, _remote
 
 
 def validate_snapshot(path: str | os.PathLike[str]) -> None:
@@ -28,7 +28,8 @@ def prefetch(
     chunk_bytes: int = 8 << 20,
     background: bool = True,
     validate: bool = True,
-) -> _native.Prefetch:
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> _native.Prefetch | _remote.CachePrefetch:
     """Start pulling ``path`` into the page cache and return at once; ``.wait()`` blocks until
     done, ``.bytes_done`` tells progress. Dropping the handle cancels what is left.
 
@@ -45,7 +46,12 @@ def prefetch(
     handler's own reads (its libraries, on a node that just pulled its image) wait behind little;
     that measured faster than two threads with 64 MiB. Each page is read once by the thread that
     brought it in, so that first-access costs (hypervisor faults in a microVM) are paid here rather
-    than in the first forward pass. Measured in docs/benchmarks.md (end-to-end cold start)."""
+    than in the first forward pass. Measured in docs/benchmarks.md (end-to-end cold start).
+
+    A URL (``s3://``, ``https://``) is downloaded into ``cache_dir`` (or ``SNAPLOAD_CACHE_DIR``)
+    by a background thread; ``restore(url, cache_dir=...)`` then reads the local copy."""
+    if _remote.is_url(path):  # a URL is prefetched into the cache (docs/remote.md)
+        return _remote.prefetch(os.fspath(path), cache_dir)
     if validate:
         validate_snapshot(path)
     return _native.Prefetch(os.fspath(path), threads, chunk_bytes, background)

@@ -45,10 +45,9 @@ pub fn resolve(url: &str, options: &RemoteOptions) -> Result<Resolved> {
             if key.is_empty() {
                 return Err(invalid("no object key in the URL"));
             }
-            let (builder, secrets) = s3_builder()?;
+            let (builder, secrets) = s3_builder(client)?;
             let store = builder
                 .with_bucket_name(bucket)
-                .with_client_options(client)
                 .with_retry(retry)
                 .build()
                 .map_err(|e| invalid(&redact(&e.to_string(), &secrets)))?;
@@ -90,9 +89,10 @@ fn client_options(options: &RemoteOptions) -> ClientOptions {
 /// `AWS_SESSION_TOKEN`, `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL`, ...), then the
 /// shared profile files, then (with neither) anonymous access when `AWS_SKIP_SIGNATURE` or
 /// `AWS_EC2_METADATA_DISABLED` says so, else the instance/container credential providers.
-fn s3_builder() -> Result<(AmazonS3Builder, Vec<String>)> {
+fn s3_builder(client: ClientOptions) -> Result<(AmazonS3Builder, Vec<String>)> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let mut builder = AmazonS3Builder::from_env();
+    // Client options first: `with_allow_http` below lives in them and must not be overwritten.
+    let mut builder = AmazonS3Builder::from_env().with_client_options(client);
     let mut secrets: Vec<String> = ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"].iter().filter_map(|k| env(k)).collect();
     let profile = profile_from_files();
     let has_env_keys = env("AWS_ACCESS_KEY_ID").is_some() && env("AWS_SECRET_ACCESS_KEY").is_some();

