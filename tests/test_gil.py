@@ -24,6 +24,7 @@ from snapload import _native
 from snapload._pipeline import HostCopyEngine, drive
 
 from _helpers import write_sparse_snapshot
+from _remote_servers import RangeServer
 
 # Every call into the core that may block, by the site name the glue gives it.
 BLOCKING_SITES = {
@@ -49,6 +50,9 @@ BLOCKING_SITES = {
     "Prefetch.cancel": "stops the readers",
     "plan_simulate": "snapload plan: the event loop over every policy, on threads",
     "plan_simulate_detail": "snapload plan: one policy's event loop",
+    "Snapshot(url)": "HEAD and a ranged GET of the header",
+    "Snapshot.fetch_into": "ranged GETs of the whole object, hashing",
+    "fetch_to_cache": "lock, download, fsync, rename",
 }
 
 
@@ -76,6 +80,11 @@ def _exercise_every_site(tmp: Path) -> None:
     times = torch.tensor([0.0, 1.0], dtype=torch.float64).numpy()
     _native.plan_simulate(times, times, 1.0, 1, 0.0, 2.0, [(1.0, 0, None, None)])
     _native.plan_simulate_detail(times, times, 1.0, 1, 0.0, 2.0, (1.0, 0, None, None))
+    with RangeServer() as server:  # the remote entry points, against a loopback HTTP server
+        url = server.put("/m.snap", path.read_bytes())
+        remote = _native.Snapshot(url)
+        remote.fetch_into(torch.empty(remote.file_size, dtype=torch.uint8).numpy())
+        _native.fetch_to_cache(url, str(tmp / "cache"))
 
 
 def test_every_blocking_call_passes_through_the_release_helper(tmp_path: Path) -> None:

@@ -407,3 +407,53 @@ def test_a_server_that_keeps_failing_ends_in_a_clear_error(http_server: RangeSer
             snapload.restore(url)
         assert e.value.filename == url
         assert len(proxy.injected) >= 4, "retried before giving up"
+
+
+# --- CLI and prefetch -----------------------------------------------------------------------
+
+
+def test_cli_inspect_and_verify_take_urls(http_server: RangeServer, local_snapshot, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from snapload.cli import main
+
+    _, data, state = local_snapshot
+    url = http_server.put("/cli/model.snap", data)
+    assert main(["inspect", url, "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["path"] == url and {t["name"] for t in described["tensors"]} == set(state)
+    assert main(["verify", url]) == 0
+    assert capsys.readouterr().out.startswith(f"OK {url}: {len(state)} tensors")
+    bad = bytearray(data)
+    ids = next(t for t in snapload.open(url).tensors if t.name == "ids")
+    bad[ids.offset + 10] ^= 0x01  # one tensor's bytes: the header still parses
+    url_bad = http_server.put("/cli/bad.snap", bytes(bad))
+    assert main(["verify", url_bad]) == 1
+    assert "checksum mismatch" in capsys.readouterr().err
+
+
+def test_cli_warm_fills_the_cache(http_server: RangeServer, local_snapshot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    from snapload.cli import main
+
+    _, data, _ = local_snapshot
+    url = http_server.put("/warm/model.snap", data)
+    monkeypatch.setenv("SNAPLOAD_CACHE_DIR", str(tmp_path))
+    assert main(["warm", url]) == 0
+    out = capsys.readouterr().out
+    assert "downloaded" in out and "100% resident" in out
+    assert main(["warm", url]) == 0
+    assert "already cached" in capsys.readouterr().out
+
+
+def test_prefetch_of_a_url_downloads_into_the_cache(http_server: RangeServer, local_snapshot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, data, state = local_snapshot
+    url = http_server.put("/prefetch/model.snap", data)
+    with pytest.raises(ValueError, match="cache_dir"):
+        snapload.prefetch(url)
+    pending = snapload.prefetch(url, cache_dir=tmp_path)
+    local = pending.wait()
+    assert isinstance(local, str) and Path(local).read_bytes() == data
+    before = http_server.served.body_bytes
+    assert_restored(snapload.restore(url, cache_dir=tmp_path), state)
+    time.sleep(0.2)
+    assert http_server.served.body_bytes == before, "restored from the cache"

@@ -15,11 +15,11 @@ use crate::snapshot::PySnapshot;
 /// The local, verified copy of `url` in `cache_dir`: `(path, downloaded)`. Several processes
 /// asking at once share one download (a lock per entry).
 #[pyfunction]
-pub fn fetch_to_cache(py: Python<'_>, url: String, cache_dir: PathBuf) -> PyResult<(PathBuf, bool)> {
+pub fn fetch_to_cache(py: Python<'_>, url: String, cache_dir: PathBuf) -> PyResult<(String, bool)> {
     let options = RemoteOptions::from_env();
     let cancel = AtomicBool::new(false);
     let c = without_gil(py, "fetch_to_cache", || remote::fetch_to_cache(&url, &cache_dir, &options, &cancel))?;
-    Ok((c.path, c.downloaded))
+    Ok((c.path.to_string_lossy().into_owned(), c.downloaded))
 }
 
 /// Whether `path` names an object in a store (s3://, http://, https://) rather than a file.
