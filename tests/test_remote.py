@@ -457,3 +457,52 @@ def test_prefetch_of_a_url_downloads_into_the_cache(http_server: RangeServer, lo
     assert_restored(snapload.restore(url, cache_dir=tmp_path), state)
     time.sleep(0.2)
     assert http_server.served.body_bytes == before, "restored from the cache"
+
+
+# --- credentials ----------------------------------------------------------------------------
+
+
+def test_credentials_from_a_profile_file(s3: S3Server, local_snapshot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from _remote_servers import S3_ACCESS_KEY, S3_SECRET_KEY
+
+    _, data, state = local_snapshot
+    s3_env(monkeypatch, s3)
+    url = upload(s3, "profile/model.snap", data)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[default]\naws_access_key_id = nope\naws_secret_access_key = nope\n\n[bench]\naws_access_key_id = {S3_ACCESS_KEY}\naws_secret_access_key = {S3_SECRET_KEY}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_PROFILE", "bench")
+    assert_restored(snapload.restore(url), state)
+    monkeypatch.setenv("AWS_PROFILE", "default")  # the wrong keys: denied, and never shown
+    with pytest.raises(PermissionError) as e:
+        snapload.open(url)
+    assert S3_SECRET_KEY not in str(e.value)
+
+
+def test_anonymous_access_is_unsigned(s3: S3Server, local_snapshot, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """No keys anywhere and AWS_EC2_METADATA_DISABLED: requests go out unsigned (this server
+    wants signatures, so it refuses them) instead of waiting on an instance-metadata endpoint."""
+    _, data, _ = local_snapshot
+    s3_env(monkeypatch, s3)
+    url = upload(s3, "anonymous/model.snap", data)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    start = time.monotonic()
+    with pytest.raises(PermissionError) as e:
+        snapload.open(url)
+    assert e.value.filename == url
+    assert time.monotonic() - start < 10
+
+
+def test_a_server_that_keeps_stalling_times_out(http_server: RangeServer, local_snapshot) -> None:  # type: ignore[no-untyped-def]
+    _, data, _ = local_snapshot
+    http_server.put("/stalled/model.snap", data)
+    with FaultProxy(http_server.port, stall_seconds=4) as proxy:
+        url = f"http://127.0.0.1:{proxy.port}/stalled/model.snap"
+        proxy.min_offset = 256 << 10
+        proxy.always = "stall"
+        with pytest.raises(OSError) as e:
+            snapload.restore(url)
+        assert e.value.filename == url and "timed out" in str(e.value).lower()
