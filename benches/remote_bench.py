@@ -68,6 +68,11 @@ def write_files(state: dict[str, Any], d: Path) -> dict[str, Path]:
     return files
 
 
+def rss_now_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
 # --- children -------------------------------------------------------------------------------
 
 
@@ -77,8 +82,8 @@ def child(loader: str, url: str, endpoint: str, bucket: str, cache_dir: str) -> 
 
     import snapload
 
+    rss_after_imports_mb = rss_now_mb()
     t0 = time.perf_counter()
-    nbytes = 0
     if loader == "snapload":
         tensors = snapload.restore(url)
     elif loader == "snapload-cache":
@@ -105,6 +110,7 @@ def child(loader: str, url: str, endpoint: str, bucket: str, cache_dir: str) -> 
         stream = open_stream(
             url,
             s3_endpoint=endpoint,
+            force_http=True,  # loopback has no TLS; tensorizer refuses http endpoints otherwise
             s3_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
             s3_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
         )
@@ -113,12 +119,16 @@ def child(loader: str, url: str, endpoint: str, bucket: str, cache_dir: str) -> 
         raise ValueError(loader)
     nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
     seconds = time.perf_counter() - t0
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the checksum's temporaries
+    rss_loaded_mb = rss_now_mb()
     checksum = float(sum(t.float().sum().item() for t in tensors.values()))
     del torch
     return {
         "seconds": seconds,
         "bytes": nbytes,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb,
+        "rss_after_imports_mb": rss_after_imports_mb,
+        "rss_loaded_mb": rss_loaded_mb,
         "checksum": checksum,
     }
 
@@ -232,15 +242,17 @@ def main() -> int:
             "median_s": secs,
             "gb_per_s": ok[0]["bytes"] / secs / 1e9,
             "peak_rss_mb": max(r["peak_rss_mb"] for r in ok),
+            "rss_after_imports_mb": max(r["rss_after_imports_mb"] for r in ok),
+            "rss_loaded_mb": max(r["rss_loaded_mb"] for r in ok),
             "runs": len(ok),
         }
     print(f"\n{a.size_mb} MiB from SeaweedFS S3 on loopback, {a.trials} fresh process(es) each, median")
-    print(f"{'loader':16} {'seconds':>8} {'GB/s':>6} {'peak RSS':>10}")
+    print(f"{'loader':16} {'seconds':>8} {'GB/s':>6} {'peak RSS':>10} {'RSS imports -> loaded':>22}")
     for name, s in summary.items():
         if "error" in s:
             print(f"{name:16} failed: {s['error']}")
         else:
-            print(f"{name:16} {s['median_s']:8.2f} {s['gb_per_s']:6.2f} {s['peak_rss_mb']:8.0f} MB")
+            print(f"{name:16} {s['median_s']:8.2f} {s['gb_per_s']:6.2f} {s['peak_rss_mb']:8.0f} MB {s['rss_after_imports_mb']:9.0f} -> {s['rss_loaded_mb']:.0f} MB")
     if a.out:
         Path(a.out).write_text(json.dumps({"size_mb": a.size_mb, "trials": a.trials, "summary": summary, "runs": results}, indent=2))
     return 0
