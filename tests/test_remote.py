@@ -506,3 +506,16 @@ def test_a_server_that_keeps_stalling_times_out(http_server: RangeServer, local_
         with pytest.raises(OSError) as e:
             snapload.restore(url)
         assert e.value.filename == url and "timed out" in str(e.value).lower()
+
+
+def test_cli_bench_takes_a_url(http_server: RangeServer, local_snapshot, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from snapload.cli import main
+
+    _, data, _ = local_snapshot
+    url = http_server.put("/bench/model.snap", data)
+    assert main(["bench", url, "--trials", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["path"] == url and result["trials"] == 1 and result["gb_per_s"] > 0
+    assert result["payload_bytes"] == snapload.open(url).data_bytes

@@ -154,3 +154,49 @@ def warm_url(url: str) -> str:
     what = f"downloaded {format_bytes(size)} in {seconds:.2f} s ({format_rate(size, seconds)})" if downloaded else "already cached"
     print(f"{url}: {what} -> {path}")
     return path
+
+
+_BENCH_CHILD = """
+import json, resource, sys, time
+import snapload
+t0 = time.perf_counter()
+tensors = snapload.restore(sys.argv[1])
+seconds = time.perf_counter() - t0
+nbytes = sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors.values()}.values())
+print(json.dumps({"seconds": seconds, "bytes": nbytes, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def bench_url(url: str, trials: int, as_json: bool) -> int:
+    """``snapload bench URL``: restore to the CPU in ``trials`` fresh processes (no cache), timed
+    after imports; GB/s and peak RSS. Cold/warm page-cache modes do not apply to a URL."""
+    import json
+    import statistics
+    import subprocess
+    import sys
+
+    runs = []
+    for _ in range(trials):
+        out = subprocess.run([sys.executable, "-c", _BENCH_CHILD, url], capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            print(f"snapload: error: a benchmark trial failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}", file=sys.stderr)
+            return 1
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    seconds = statistics.median(r["seconds"] for r in runs)
+    result = {
+        "path": url,
+        "trials": trials,
+        "payload_bytes": runs[0]["bytes"],
+        "median_s": seconds,
+        "gb_per_s": runs[0]["bytes"] / seconds / 1e9,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "runs": runs,
+    }
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"snapload bench {url}: {result['payload_bytes'] / 1e9:.2f} GB, {trials} fresh process(es), CPU restore "
+            f"from the URL: {seconds:.3f} s median ({result['gb_per_s']:.2f} GB/s), peak RSS {result['peak_rss_mb']:.0f} MB"
+        )
+    return 0

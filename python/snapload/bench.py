@@ -29,6 +29,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from snapload import _remote
+
 PAGE = 4096
 READ_CHUNK = 16 << 20
 # A file counts as cold when at most this fraction of it is resident before a trial, and warm
@@ -346,6 +348,8 @@ def run(args: argparse.Namespace) -> int:
     from snapload import _native
 
     path = os.fspath(args.path)
+    if _remote.is_url(path):  # no page cache to make cold or warm: timed fresh-process restores
+        return _remote.bench_url(path, max(1, args.trials), args.json)
     if os.path.isdir(path):
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a snapshot file", path)
     if args.trials < 1:
