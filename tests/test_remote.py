@@ -131,7 +131,7 @@ def test_pipeline_streams_a_url_through_the_ring(server: str, request: pytest.Fi
         url = upload(s3, "ring/model.snap", data)
     restored, stats = restore_to_host(url, chunk_bytes=1 << 20, slots=4, threads=2, lag=2)
     assert_restored(restored, state)
-    assert stats.bytes == sum(t.length for t in snapload.open(url).tensors if t.alias_of is None and t.length) or stats.bytes > 0
+    assert stats.bytes > 0 and stats.read_paths == {"remote": stats.bytes}, "every byte came from the object store"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine (torch.cuda.is_available() is False)")

@@ -62,6 +62,7 @@ class PipelineStats:
     mmap_bytes: int = 0
     direct_bytes: int = 0
     buffered_bytes: int = 0
+    remote_bytes: int = 0
     # Seconds per phase of the drive loop, from the consumer's side (see ``drive``), plus the
     # callers' own phases (ring pinning, arena allocation) where they time them.
     phases: dict[str, float] = field(default_factory=dict)
@@ -69,8 +70,13 @@ class PipelineStats:
 
     @property
     def read_paths(self) -> dict[str, int]:
-        """Bytes per read path that actually ran (page cache, direct I/O, mapping)."""
-        paths = {"buffered": self.buffered_bytes, "direct": self.direct_bytes, "mmap": self.mmap_bytes}
+        """Bytes per read path that actually ran (page cache, direct I/O, mapping, object store)."""
+        paths = {
+            "buffered": self.buffered_bytes,
+            "direct": self.direct_bytes,
+            "mmap": self.mmap_bytes,
+            "remote": self.remote_bytes,
+        }
         return {k: v for k, v in paths.items() if v}
 
 
@@ -135,6 +141,7 @@ def drive(
             mmap_bytes=counts["mmap_bytes"],
             direct_bytes=counts["direct_bytes"],
             buffered_bytes=counts["buffered_bytes"],
+            remote_bytes=counts.get("remote_bytes", 0),
             phases=phases,
         )
     except BaseException:
