@@ -647,21 +647,8 @@ impl Shared {
 
     /// With verify: the CRC32C of each tensor piece this chunk covers.
     fn hash_pieces(&self, c: &Span, data: &[u8]) {
-        let Some(pieces) = &self.pieces else { return };
-        let header = self.snapshot.header();
-        let (start, end) = (c.file_offset, c.file_offset + c.len);
-        let first = self.owners.partition_point(|&i| header.tensors[i].end() <= start);
-        for (k, &i) in self.owners.iter().enumerate().skip(first) {
-            let t = &header.tensors[i];
-            if t.offset >= end {
-                break;
-            }
-            let (a, b) = (t.offset.max(start), t.end().min(end));
-            if a >= b {
-                continue;
-            }
-            let crc = crc32c::crc32c(&data[(a - start) as usize..(b - start) as usize]);
-            pieces[k].lock().expect("no panics while held").push(Piece { start: a - t.offset, len: b - a, crc });
+        if let Some(pieces) = &self.pieces {
+            checksum::hash_tensor_pieces(self.snapshot.header(), &self.owners, pieces, c.file_offset, data);
         }
     }
 }

@@ -39,7 +39,7 @@ pub fn fetch_verified(snapshot: &Snapshot, dst: &mut [u8], part_size: u64, concu
         let buf = slot.lock().expect("no panics while held").take().expect("each part is taken once");
         let start = (k * part) as u64;
         match source.read_at(buf, start) {
-            Ok(()) => hash_pieces(header, &owners, &pieces, start, buf),
+            Ok(()) => checksum::hash_tensor_pieces(header, &owners, &pieces, start, buf),
             Err(e) => {
                 failed.lock().expect("no panics while held").get_or_insert(e);
                 stop.store(true, Ordering::Relaxed);
@@ -67,22 +67,4 @@ pub fn fetch_verified(snapshot: &Snapshot, dst: &mut [u8], part_size: u64, concu
         }
     }
     Ok(())
-}
-
-/// The CRC32C of each tensor piece that `data` (the file's bytes from `start`) covers.
-fn hash_pieces(header: &crate::Header, owners: &[usize], pieces: &[Mutex<Vec<Piece>>], start: u64, data: &[u8]) {
-    let end = start + data.len() as u64;
-    let first = owners.partition_point(|&i| header.tensors[i].end() <= start);
-    for (k, &i) in owners.iter().enumerate().skip(first) {
-        let t = &header.tensors[i];
-        if t.offset >= end {
-            break;
-        }
-        let (a, b) = (t.offset.max(start), t.end().min(end));
-        if a >= b {
-            continue;
-        }
-        let crc = crc32c::crc32c(&data[(a - start) as usize..(b - start) as usize]);
-        pieces[k].lock().expect("no panics while held").push(Piece { start: a - t.offset, len: b - a, crc });
-    }
 }
