@@ -1,0 +1,70 @@
+"""RunPod serverless worker that restores a snapload snapshot and generates text.
+
+    SNAPLOAD_MODEL=/models/demo/model.snap python handler.py                # on RunPod
+    SNAPLOAD_MODEL=... python handler.py --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000
+    curl -X POST 127.0.0.1:8000/runsync -H 'content-type: application/json' \
+         -d '{"input": {"prompt": "hello world", "max_new_tokens": 16}}'
+
+The tokenizer is loaded from the snapshot's folder (see README.md for the layout).
+"""
+
+import os
+import sys
+
+import snapload  # light: does not import torch
+
+SNAPLOAD_MODEL = os.environ.get("SNAPLOAD_MODEL", "/models/model.snap")
+MAX_NEW_TOKENS = int(os.environ.get("SNAPLOAD_MAX_NEW_TOKENS", "512"))
+
+# Start pulling the snapshot into the page cache now; `import torch` below overlaps the reads.
+try:
+    pending = snapload.prefetch(SNAPLOAD_MODEL)
+except OSError:  # missing or unreadable: init below reports it
+    pending = None
+
+import runpod  # noqa: E402
+import snapload.hf  # noqa: E402  (imports torch and transformers)
+import torch  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+DEVICE = os.environ.get("SNAPLOAD_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def init() -> tuple[object, object, str | None]:
+    """Restore model and tokenizer once per worker; return (model, tokenizer, error message)."""
+    try:
+        if pending is not None:
+            pending.wait()
+        verify = os.environ.get("SNAPLOAD_VERIFY") == "1"  # check every CRC32C (reads the whole file)
+        model = snapload.hf.load_model(SNAPLOAD_MODEL, DEVICE, verify=verify)
+        tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(SNAPLOAD_MODEL)))
+        return model, tokenizer, None
+    except Exception as e:  # noqa: BLE001 - any failure: the worker answers every job with it
+        message = f"cannot load {SNAPLOAD_MODEL}: {type(e).__name__}: {e}"
+        print(message, file=sys.stderr, flush=True)
+        return None, None, message
+
+
+model, tokenizer, init_error = init()
+
+
+def handler(job: dict) -> dict:
+    """{"prompt": str, "max_new_tokens": int} -> {"text": str, "token_ids": [int]}; greedy."""
+    if init_error is not None:
+        # RunPod marks the job FAILED; refresh_worker retires this worker so a fresh one replaces it.
+        return {"error": init_error, "refresh_worker": True}
+    request = job.get("input") or {}
+    prompt, max_new_tokens = request.get("prompt"), request.get("max_new_tokens", 16)
+    if not isinstance(prompt, str) or not prompt:
+        return {"error": "input.prompt must be a non-empty string"}
+    if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        return {"error": f"input.max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS}"}
+    inputs = tokenizer(prompt, return_tensors="pt").to(DEVICE)
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new = out[0, inputs["input_ids"].shape[1] :].tolist()
+    return {"text": tokenizer.decode(new, skip_special_tokens=True), "token_ids": new}
+
+
+if __name__ == "__main__":
+    runpod.serverless.start({"handler": handler})
