@@ -1,0 +1,66 @@
+"""BentoML service that restores a snapload snapshot and generates text.
+
+    SNAPLOAD_MODEL=/models/demo/model.snap bentoml serve service:Generator --host 127.0.0.1 --port 3000
+    curl -X POST 127.0.0.1:3000/generate -H 'content-type: application/json' \
+         -d '{"prompt": "hello world", "max_new_tokens": 16}'
+    curl 127.0.0.1:3000/readyz        # 200 once restored; 503 if the snapshot could not be loaded
+
+The tokenizer is loaded from the snapshot's folder (see README.md for the layout).
+"""
+
+import os
+import sys
+
+import snapload  # light: does not import torch
+
+SNAPLOAD_MODEL = os.environ.get("SNAPLOAD_MODEL", "/models/model.snap")
+MAX_NEW_TOKENS = int(os.environ.get("SNAPLOAD_MAX_NEW_TOKENS", "512"))
+
+# Start pulling the snapshot into the page cache now; `import torch` below overlaps the reads.
+# (BentoML imports this module in each worker process, so each worker starts its own prefetch.)
+try:
+    pending = snapload.prefetch(SNAPLOAD_MODEL)
+except OSError:  # missing or unreadable: __init__ reports it
+    pending = None
+
+import bentoml  # noqa: E402
+import snapload.hf  # noqa: E402  (imports torch and transformers)
+import torch  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+DEVICE = os.environ.get("SNAPLOAD_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@bentoml.service(workers=1, traffic={"timeout": 300})
+class Generator:
+    def __init__(self) -> None:
+        # A failure is kept, not raised: raising here makes BentoML restart the worker forever
+        # (the server never answers); kept, /readyz says 503 and every request gets the reason.
+        self.error: str | None = None
+        try:
+            if pending is not None:
+                pending.wait()
+            verify = os.environ.get("SNAPLOAD_VERIFY") == "1"  # check every CRC32C (reads the whole file)
+            self.model = snapload.hf.load_model(SNAPLOAD_MODEL, DEVICE, verify=verify)
+            self.tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(SNAPLOAD_MODEL)))
+        except Exception as e:  # noqa: BLE001 - any failure: the service answers every request with it
+            self.error = f"cannot load {SNAPLOAD_MODEL}: {type(e).__name__}: {e}"
+            print(self.error, file=sys.stderr, flush=True)
+
+    def __is_ready__(self) -> bool:  # BentoML's /readyz hook
+        return self.error is None
+
+    @bentoml.api
+    def generate(self, prompt: str, max_new_tokens: int = 16) -> dict:
+        """Greedy continuation of ``prompt``: {"text": str, "token_ids": [int]}."""
+        if self.error is not None:
+            raise bentoml.exceptions.ServiceUnavailable(self.error)
+        if not prompt or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+            raise bentoml.exceptions.InvalidArgument(
+                f"prompt must be non-empty and max_new_tokens in 1..{MAX_NEW_TOKENS}"
+            )
+        inputs = self.tokenizer(prompt, return_tensors="pt").to(DEVICE)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new = out[0, inputs["input_ids"].shape[1] :].tolist()
+        return {"text": self.tokenizer.decode(new, skip_special_tokens=True), "token_ids": new}
