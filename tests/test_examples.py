@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,27 +101,37 @@ def child_env(snap: Path, tmp_path: Path) -> dict[str, str]:
 
 @contextmanager
 def server(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``args`` in its own process group; stop the whole group on exit, whatever happened."""
+    """Run ``args``; on exit, whatever happened, stop it and every process it started."""
     with log.open("wb") as out:
         proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield proc
     finally:
-        for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(proc.pid, sig)  # the group we created: the server and its workers
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                continue
-            if sig == signal.SIGTERM:
-                try:  # workers may outlive the parent for a moment
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            break
+        stop_tree(proc)
+
+
+def stop_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process and its descendants, SIGKILL what is left after a grace period. The tree
+    is walked (psutil) rather than the process group signalled: BentoML's workers run in sessions
+    of their own, and a killed parent would leave them running, holding the port and the mapping."""
+    try:
+        root = psutil.Process(proc.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in tree:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=15)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+    proc.wait(10)
 
 
 def http(method: str, url: str, body: Any = None, timeout: float = REQUEST_TIMEOUT_S) -> tuple[int, Any]:

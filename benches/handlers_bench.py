@@ -1,0 +1,269 @@
+"""Serverless templates (examples/) from process start to their first successful response, cold.
+
+    python benches/handlers_bench.py --trials 5          # writes benches/results/handlers.json
+
+For each template (RunPod's local API server, `bentoml serve`, Modal's local execution) and each
+way of loading the weights, one trial is: evict the snapshot AND the safetensors file from the page
+cache (checked with mincore), spawn the template's own command in a fresh process on the CPU, send
+the request as soon as it is accepted (retrying every 0.1 s until the first success), stop it.
+Loading ways, the template unchanged (benches/handlers_hook/sitecustomize.py swaps the loader):
+
+- ``snapload``: the template as written: ``snapload.prefetch`` before ``import torch``,
+  ``wait()``, ``snapload.hf.load_model`` (build on meta + restore).
+- ``from_pretrained``: ``AutoModelForCausalLM.from_pretrained(folder, dtype="auto")``.
+- ``st_assign``: empty init + ``load_state_dict(safetensors load_file(...), assign=True)``.
+
+Phases (from marks written by the hook in the process that restores): imports (spawn -> the
+template starts loading: interpreter, torch, transformers, the platform), load (-> model ready;
+for snapload from ``wait()`` on the prefetch; of which "model class import" is transformers'
+lazy import of the Llama module and ``build`` constructing the model on meta), first response (-> the parent has the
+first successful answer: tokenizer, server start-up, request, 8 greedy tokens). Python libraries
+stay in the page cache (a warm node); only the weights are cold. The load average is recorded with
+every trial: this machine is shared, so read the medians with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+EXAMPLES = REPO / "examples"
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(EXAMPLES))
+
+import machine  # noqa: E402
+import make_demo_model  # noqa: E402
+
+from snapload.prefetch import evict, residency  # noqa: E402
+
+TEMPLATES = ("runpod", "bentoml", "modal")
+VARIANTS = ("snapload", "from_pretrained", "st_assign")
+PROMPT = "hello world the quick fox"
+NEW_TOKENS = 8
+TIMEOUT_S = 600.0
+DATA = REPO / "bench-data" / "handlers-llama"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def build(folder: Path, spec: dict[str, Any], dtype: str) -> Path:
+    stamp = folder / "handlers-build.json"
+    want = {"spec": spec, "dtype": dtype}
+    snap = folder / "model.snap"
+    try:
+        if json.loads(stamp.read_text()) == want and snap.is_file():
+            return snap
+    except (OSError, ValueError):
+        pass
+    log(f"building {folder} ({dtype})")
+    make_demo_model.make_model(folder, spec, dtype=dtype)
+    os.sync()  # written pages must be clean before they can be evicted
+    stamp.write_text(json.dumps(want))
+    return snap
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def post(url: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The parsed answer, or None when the server is not accepting or not ready yet."""
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT_S) as r:
+            answer: dict[str, Any] = json.loads(r.read())
+            return answer
+    except (urllib.error.HTTPError, OSError):
+        return None
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process and all its descendants (BentoML's workers run in sessions of their own,
+    so signalling the process group would leave them running)."""
+    try:
+        root = psutil.Process(proc.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=30)
+    proc.wait(30)
+
+
+def run_once(template: str, variant: str, snap: Path, tmp: Path) -> dict[str, Any]:
+    port = free_port()
+    marks_file = tmp / f"marks-{template}-{variant}.jsonl"
+    marks_file.unlink(missing_ok=True)
+    env = dict(
+        os.environ,
+        SNAPLOAD_MODEL=str(snap),
+        SNAPLOAD_DEVICE="cpu",
+        SNAPLOAD_BENCH_MARKS=str(marks_file),
+        SNAPLOAD_BENCH_VARIANT=variant,
+        PYTHONPATH=os.pathsep.join([str(HERE / "handlers_hook"), os.environ.get("PYTHONPATH", "")]),
+        HOME=str(tmp),
+        BENTOML_HOME=str(tmp / "bentoml"),
+        BENTOML_DO_NOT_TRACK="true",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    py = sys.executable
+    cmd = {
+        "runpod": [py, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
+        "bentoml": [str(Path(py).parent / "bentoml"), "serve", "service:Generator", "--host", "127.0.0.1", "--port", str(port)],
+        "modal": [py, "app.py", PROMPT, str(NEW_TOKENS)],
+    }[template]
+    url = {"runpod": f"http://127.0.0.1:{port}/runsync", "bentoml": f"http://127.0.0.1:{port}/generate"}.get(template)
+    body = {"input": {"prompt": PROMPT, "max_new_tokens": NEW_TOKENS}} if template == "runpod" else {"prompt": PROMPT, "max_new_tokens": NEW_TOKENS}
+    loadavg = os.getloadavg()
+    spawn_ns = time.monotonic_ns()
+    proc = subprocess.Popen(
+        cmd, cwd=EXAMPLES / template, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    answer: Any = None
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        if url is None:  # Modal: the process prints its answer and exits
+            assert proc.stdout is not None
+            answer = json.loads(proc.stdout.readline())
+        else:
+            while answer is None and time.monotonic() < deadline and proc.poll() is None:
+                answer = post(url, body)
+                if answer is None:
+                    time.sleep(0.1)
+        response_ns = time.monotonic_ns()
+    finally:
+        kill_tree(proc)
+    output = answer.get("output", answer) if isinstance(answer, dict) else None
+    if not isinstance(output, dict) or len(output.get("token_ids", [])) != NEW_TOKENS:
+        raise RuntimeError(f"{template}/{variant}: no successful answer: {answer!r}")
+    marks = [json.loads(line) for line in marks_file.read_text().splitlines()]
+    loader_pid = next(m["pid"] for m in marks if m["mark"] == "load_start")
+    at = {m["mark"]: m["ns"] for m in marks if m["pid"] == loader_pid}
+    load_from = at.get("wait_start", at["load_start"])
+    s = lambda a, b: (b - a) / 1e9  # noqa: E731
+    return {
+        "template": template,
+        "variant": variant,
+        "loadavg": loadavg,
+        "token_ids": output["token_ids"],
+        "phases": {
+            "imports": s(spawn_ns, load_from),
+            "load": s(load_from, at["load_end"]),
+            "import_model_class": s(at["load_start"], at["class_imported"]),
+            "build": s(at["class_imported"], at["build_end"]) if "build_end" in at else None,
+            "first_response": s(at["load_end"], response_ns),
+            "total": s(spawn_ns, response_ns),
+        },
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--trials", type=int, default=5)
+    p.add_argument("--templates", default=",".join(TEMPLATES))
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--tiny", action="store_true", help="a tiny model (checks the pipeline in seconds)")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "handlers.json")
+    args = p.parse_args()
+    templates, variants = args.templates.split(","), args.variants.split(",")
+    spec, dtype = (make_demo_model.TINY, "float32") if args.tiny else (make_demo_model.LARGE, "bfloat16")
+    folder = DATA.with_name(DATA.name + "-tiny") if args.tiny else DATA
+    snap = build(folder, spec, dtype)
+    weights = [snap, folder / "model.safetensors"]
+    sizes = {f.name: f.stat().st_size for f in weights}
+    log(f"model: {sizes}")
+    runs: list[dict[str, Any]] = []
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory(prefix="handlers-bench-") as tmp:
+        for trial in range(args.trials):
+            order = [(t, v) for t in templates for v in variants]
+            rng.shuffle(order)  # drifting load on a shared machine hits every variant alike
+            for template, variant in order:
+                for f in weights:
+                    evict(f)
+                resident = {f.name: residency(f).fraction for f in weights}
+                r = run_once(template, variant, snap, Path(tmp))
+                r["trial"], r["resident_before"] = trial, resident
+                runs.append(r)
+                ph = r["phases"]
+                log(
+                    f"trial {trial} {template:8s} {variant:16s} total {ph['total']:6.2f} s  imports {ph['imports']:5.2f}"
+                    f"  load {ph['load']:5.2f}  first response {ph['first_response']:5.2f}"
+                    f"  load avg {r['loadavg'][0]:.1f}  resident before {max(resident.values()):.3f}"
+                )
+    # Every template and loader must generate the same tokens: same weights, greedy decoding.
+    assert len({tuple(r["token_ids"]) for r in runs}) == 1, "different tokens across runs"
+    summary: dict[str, Any] = {}
+    for t in templates:
+        for v in variants:
+            rs = [r for r in runs if r["template"] == t and r["variant"] == v]
+            summary[f"{t}/{v}"] = {
+                ph: statistics.median(r["phases"][ph] for r in rs) if rs[0]["phases"][ph] is not None else None
+                for ph in rs[0]["phases"]
+            } | {
+                "total_min": min(r["phases"]["total"] for r in rs),
+                "total_max": max(r["phases"]["total"] for r in rs),
+                "loadavg_median": statistics.median(r["loadavg"][0] for r in rs),
+                "n": len(rs),
+            }
+    for t in templates:
+        base = summary.get(f"{t}/snapload")
+        for v in variants:
+            if base and v != "snapload":
+                summary[f"{t}/{v}"]["snapload_speedup"] = summary[f"{t}/{v}"]["total"] / base["total"]
+    result = {
+        "command": "python benches/handlers_bench.py " + " ".join(sys.argv[1:]),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": machine.info(folder),
+        "model": {"spec": spec, "dtype": dtype, "files": sizes},
+        "summary": summary,
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(markdown(summary))
+    return 0
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    f = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
+    lines = [
+        "| template / loader | total (s) | min–max | imports | load | of which: model class import | build | first response | from_pretrained or st_assign / snapload | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        speed = f"{s['snapload_speedup']:.2f}x" if "snapload_speedup" in s else ""
+        lines.append(
+            f"| {name} | {f(s['total'])} | {f(s['total_min'])}–{f(s['total_max'])} | {f(s['imports'])} | {f(s['load'])}"
+            f" | {f(s['import_model_class'])} | {f(s['build'])} | {f(s['first_response'])} | {speed} | {s['loadavg_median']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Instrumentation for benches/handlers_bench.py, loaded into every Python process of a template run
+(the bench puts this folder on PYTHONPATH; BentoML restores in a worker process of its own, so a
+wrapper around the parent would not see it). Does nothing unless SNAPLOAD_BENCH_MARKS is set.
+
+The templates stay untouched: when ``snapload`` / ``snapload.hf`` are first imported, their
+``prefetch`` / ``load_model`` are wrapped to append timestamps (``time.monotonic_ns``, system-wide
+on Linux) to the marks file, and for the baseline variants replaced by the same template loading
+with ``from_pretrained`` or safetensors ``load_file`` + ``load_state_dict(assign=True)``, reading
+the ``model.safetensors`` beside the snapshot. Only light modules are imported here.
+"""
+
+import importlib.abc
+import importlib.util
+import json
+import os
+import sys
+import time
+
+MARKS = os.environ.get("SNAPLOAD_BENCH_MARKS")
+VARIANT = os.environ.get("SNAPLOAD_BENCH_VARIANT", "snapload")
+
+
+def mark(name: str) -> None:
+    with open(MARKS, "a") as f:  # type: ignore[arg-type]
+        f.write(json.dumps({"mark": name, "ns": time.monotonic_ns(), "pid": os.getpid()}) + "\n")
+
+
+class _Waited:
+    """The prefetch handle, with its wait() timed (restore starts when the template waits)."""
+
+    def __init__(self, handle: object) -> None:
+        self._handle = handle
+
+    def wait(self) -> object:
+        mark("wait_start")
+        return self._handle.wait()  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._handle, name)
+
+
+def _patch_snapload(module: object) -> None:
+    real = module.prefetch  # type: ignore[attr-defined]
+
+    def prefetch(path: object, **kw: object) -> object:
+        if VARIANT != "snapload":
+            return None  # the baselines read the safetensors file, not the snapshot
+        return _Waited(real(path, **kw))
+
+    module.prefetch = prefetch  # type: ignore[attr-defined]
+
+
+def _baseline_load(path: str, device: object, **_: object) -> object:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if VARIANT == "from_pretrained":
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto")  # builds and loads in one call
+    elif VARIANT == "st_assign":
+        import safetensors.torch
+
+        import snapload
+
+        config = AutoConfig.from_pretrained(folder)
+        with snapload.init_empty_weights():  # parameters on meta, like accelerate's
+            model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, str(config.dtype).removeprefix("torch.")))
+        mark("build_end")
+        model.load_state_dict(safetensors.torch.load_file(os.path.join(folder, "model.safetensors")), assign=True)
+    else:
+        raise SystemExit(f"unknown SNAPLOAD_BENCH_VARIANT {VARIANT!r}")
+    return model.to(device).eval()
+
+
+def _patch_hf(module: object) -> None:
+    real_load, real_restore = module.load_model, module.restore_module  # type: ignore[attr-defined]
+
+    def restore_module(*a: object, **kw: object) -> object:
+        mark("build_end")  # load_model built the model on meta; restore starts now
+        return real_restore(*a, **kw)
+
+    def load_model(path: str, device: object = "cpu", **kw: object) -> object:
+        mark("load_start")
+        # transformers imports the model's module lazily, inside the load: timed apart so that
+        # "build" is construction alone (the bench's model is a Llama).
+        import transformers.models.llama.modeling_llama  # noqa: F401
+
+        mark("class_imported")
+        model = real_load(path, device, **kw) if VARIANT == "snapload" else _baseline_load(path, device, **kw)
+        mark("load_end")
+        return model
+
+    module.restore_module = restore_module  # type: ignore[attr-defined]
+    module.load_model = load_model  # type: ignore[attr-defined]
+
+
+PATCHES = {"snapload": _patch_snapload, "snapload.hf": _patch_hf}
+
+
+class _PatchAfterImport(importlib.abc.MetaPathFinder):
+    """Runs PATCHES[name] on a module right after it executes (no import happens early)."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> object:
+        if name not in PATCHES:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return spec
+        loader_exec = spec.loader.exec_module
+
+        def exec_module(module: object) -> None:
+            loader_exec(module)  # type: ignore[arg-type]
+            PATCHES[name](module)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+if MARKS:
+    mark("interpreter_start")
+    sys.meta_path.insert(0, _PatchAfterImport())
