@@ -16,11 +16,11 @@ import snapload  # light: does not import torch
 SNAPLOAD_MODEL = os.environ.get("SNAPLOAD_MODEL", "/models/model.snap")
 MAX_NEW_TOKENS = int(os.environ.get("SNAPLOAD_MAX_NEW_TOKENS", "512"))
 
-# Start pulling the snapshot into the page cache now; `import torch` below overlaps the reads.
+# Start pulling the snapshot into the page cache now (its header is checked first); `import torch` below overlaps the reads.
 # (BentoML imports this module in each worker process, so each worker starts its own prefetch.)
 try:
     pending = snapload.prefetch(SNAPLOAD_MODEL)
-except OSError:  # missing or unreadable: __init__ reports it
+except (OSError, snapload.SnapshotError):  # missing, unreadable, not a snapshot: __init__ reports it
     pending = None
 
 import bentoml  # noqa: E402

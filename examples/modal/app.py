@@ -21,7 +21,7 @@ MAX_NEW_TOKENS = int(os.environ.get("SNAPLOAD_MAX_NEW_TOKENS", "512"))
 # on the machine that runs `modal deploy`, where the snapshot is absent: that is not an error.
 try:
     pending = snapload.prefetch(SNAPLOAD_MODEL)
-except OSError:
+except (OSError, snapload.SnapshotError):  # the enter hook reports it (load_model raises the same)
     pending = None
 
 import modal  # noqa: E402
@@ -40,9 +40,7 @@ class Generator:
         import torch
         from transformers import AutoTokenizer
 
-        if pending is None:  # the prefetch could not open the file: say why, naming it
-            os.stat(SNAPLOAD_MODEL)
-        else:
+        if pending is not None:
             pending.wait()
         self.torch = torch
         self.device = os.environ.get("SNAPLOAD_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")

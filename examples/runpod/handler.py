@@ -16,10 +16,10 @@ import snapload  # light: does not import torch
 SNAPLOAD_MODEL = os.environ.get("SNAPLOAD_MODEL", "/models/model.snap")
 MAX_NEW_TOKENS = int(os.environ.get("SNAPLOAD_MAX_NEW_TOKENS", "512"))
 
-# Start pulling the snapshot into the page cache now; `import torch` below overlaps the reads.
+# Start pulling the snapshot into the page cache now (its header is checked first); `import torch` below overlaps the reads.
 try:
     pending = snapload.prefetch(SNAPLOAD_MODEL)
-except OSError:  # missing or unreadable: init below reports it
+except (OSError, snapload.SnapshotError):  # missing, unreadable, not a snapshot: init reports it
     pending = None
 
 import runpod  # noqa: E402
