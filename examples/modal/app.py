@@ -17,8 +17,8 @@ SNAPLOAD_MODEL = os.environ.get("SNAPLOAD_MODEL", "/models/model.snap")
 MAX_NEW_TOKENS = int(os.environ.get("SNAPLOAD_MAX_NEW_TOKENS", "512"))
 
 # Start pulling the snapshot into the page cache now (the container imports this module before
-# running the enter hook); `import torch` below overlaps the reads. Modal also imports this file
-# on the machine that runs `modal deploy`, where the snapshot is absent: that is not an error.
+# running the enter hook); `import modal` and the hook's `import torch` overlap the reads. The
+# machine that runs `modal deploy` imports this file too, without the snapshot: not an error there.
 try:
     pending = snapload.prefetch(SNAPLOAD_MODEL)
 except (OSError, snapload.SnapshotError):  # the enter hook reports it (load_model raises the same)
