@@ -80,6 +80,26 @@ pub fn parallel_crc32c_with(regions: &[&[u8]], threads: usize, chunk: usize, pre
         .collect()
 }
 
+/// The CRC32C of each piece of an owner tensor that `data` (the file's bytes from `start`) covers,
+/// pushed to that tensor's list; `combine` later joins a tensor's pieces into its checksum.
+/// `owners` are the non-alias tensors in file order, `pieces[k]` belongs to `owners[k]`.
+pub(crate) fn hash_tensor_pieces(header: &crate::Header, owners: &[usize], pieces: &[Mutex<Vec<Piece>>], start: u64, data: &[u8]) {
+    let end = start + data.len() as u64;
+    let first = owners.partition_point(|&i| header.tensors[i].end() <= start);
+    for (k, &i) in owners.iter().enumerate().skip(first) {
+        let t = &header.tensors[i];
+        if t.offset >= end {
+            break;
+        }
+        let (a, b) = (t.offset.max(start), t.end().min(end));
+        if a >= b {
+            continue;
+        }
+        let crc = crc32c::crc32c(&data[(a - start) as usize..(b - start) as usize]);
+        pieces[k].lock().expect("no panics while held").push(Piece { start: a - t.offset, len: b - a, crc });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,25 +119,5 @@ mod tests {
         assert_eq!(combine(&mut gap, 6), Err(4));
         let mut short = [Piece { start: 0, len: 4, crc: 0 }];
         assert_eq!(combine(&mut short, 6), Err(4));
-    }
-}
-
-/// The CRC32C of each piece of an owner tensor that `data` (the file's bytes from `start`) covers,
-/// pushed to that tensor's list; `combine` later joins a tensor's pieces into its checksum.
-/// `owners` are the non-alias tensors in file order, `pieces[k]` belongs to `owners[k]`.
-pub(crate) fn hash_tensor_pieces(header: &crate::Header, owners: &[usize], pieces: &[Mutex<Vec<Piece>>], start: u64, data: &[u8]) {
-    let end = start + data.len() as u64;
-    let first = owners.partition_point(|&i| header.tensors[i].end() <= start);
-    for (k, &i) in owners.iter().enumerate().skip(first) {
-        let t = &header.tensors[i];
-        if t.offset >= end {
-            break;
-        }
-        let (a, b) = (t.offset.max(start), t.end().min(end));
-        if a >= b {
-            continue;
-        }
-        let crc = crc32c::crc32c(&data[(a - start) as usize..(b - start) as usize]);
-        pieces[k].lock().expect("no panics while held").push(Piece { start: a - t.offset, len: b - a, crc });
     }
 }
