@@ -45,5 +45,8 @@ def test_demo_runs_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
     # Either the eviction was checked and worked, or the demo says plainly that it did not.
     assert ("eviction checked with mincore" in out) != ("eviction did not work" in out)
     summary = out[out.index("summary") :]
-    assert summary.count(" than safetensors") >= 4
+    # Four comparisons with safetensors, whichever way each went on this run: "about as fast as"
+    # is as valid an outcome as "faster than" on a loaded 2-core CI machine.
+    comparisons = re.findall(r"(?:\d+\.\dx (?:faster|slower) than|about as fast as) safetensors", summary)
+    assert len(comparisons) >= 4, summary
     assert not re.search(r"\b0\.\d+x ", summary), "a ratio below 1 with 'faster' or 'slower' reads backwards"
