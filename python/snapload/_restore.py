@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-from builtins import open as builtins_open
 from typing import Any
 
 import torch
 
-from snapload import _native, _remote
+from snapload import _memory, _native, _remote
 from snapload._info import SnapshotInfo, TensorInfo, open, tensor_table
 from snapload._views import views_of
 
@@ -20,11 +19,10 @@ POPULATE_MODES = ("auto", "none", "background", "sync")
 
 def _auto_populate(file_size: int) -> str:
     """Background population won the benchmark cold and warm (docs/benchmarks.md); but a file
-    that does not fit comfortably in memory would only be read to be evicted again."""
-    try:
-        with builtins_open("/proc/meminfo") as f:
-            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
+    that does not fit comfortably in memory would only be read to be evicted again. Memory means
+    the least of the machine's and the memory cgroup's room (a container's cap, ``_memory``)."""
+    available = _memory.available_bytes()
+    if available is None:
         return "none"
     return "background" if file_size <= available // 2 else "none"
 
@@ -81,7 +79,8 @@ def restore(
     mapping's page tables while the caller goes on (restore still returns in milliseconds, and
     the caller's first touches find the pages there); ``"sync"`` does that before returning;
     ``"none"`` leaves every page to fault in on first touch. ``"auto"`` (the default) is
-    ``"background"`` when the file fits in half the available memory, else ``"none"``.
+    ``"background"`` when the file fits in half the available memory (the machine's, or the
+    memory cgroup's room where a container is capped lower), else ``"none"``.
     ``verify=True`` reads every page anyway.
     """
     dev = torch.device(device)
