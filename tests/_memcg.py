@@ -16,6 +16,8 @@ import os
 import time
 from pathlib import Path
 
+from snapload._memory import mounts, own_cgroups
+
 _counter = itertools.count()
 
 
@@ -23,34 +25,14 @@ class MemoryCgroupUnavailable(Exception):
     """No memory cgroup can be created here (the message says why)."""
 
 
-def _mounts() -> list[tuple[str, str, list[str]]]:
-    out = []
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            _dev, mnt, fstype, opts, *_ = line.split()
-            out.append((mnt, fstype, opts.split(",")))
-    return out
-
-
-def _own_cgroups() -> dict[str, str]:
-    """``/proc/self/cgroup`` as {controller or "" for the v2 line: path}."""
-    out = {}
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            _id, controllers, path = line.rstrip("\n").split(":", 2)
-            for c in controllers.split(",") if controllers else [""]:
-                out[c] = path
-    return out
-
-
 def _parent_dir() -> tuple[Path, int]:
     """The directory of this process's memory cgroup and the cgroup version serving it."""
-    own = _own_cgroups()
-    mounts = _mounts()
-    for mnt, fstype, opts in mounts:
+    own = own_cgroups()
+    mounted = mounts()
+    for mnt, fstype, opts in mounted:
         if fstype == "cgroup" and "memory" in opts and "memory" in own:
             return Path(mnt + own["memory"]), 1
-    for mnt, fstype, _opts in mounts:
+    for mnt, fstype, _opts in mounted:
         if fstype == "cgroup2" and "" in own:
             controllers = Path(mnt, "cgroup.controllers")
             if controllers.exists() and "memory" in controllers.read_text().split():

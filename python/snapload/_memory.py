@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["available_bytes", "cgroup_room_bytes"]
+__all__ = ["available_bytes", "cgroup_room_bytes", "mounts", "own_cgroups"]
 
 # v1 reports "no limit" as a page-rounded LONG_MAX; anything this large is no limit either.
 _UNLIMITED = 1 << 60
@@ -53,24 +53,38 @@ def _stat_value(path: str, keys: tuple[str, ...]) -> int:
     return 0
 
 
+def own_cgroups() -> dict[str, str]:
+    """``/proc/self/cgroup`` as {controller, or "" for the v2 line: path}."""
+    out = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _id, controllers, path = line.rstrip("\n").split(":", 2)
+            for c in controllers.split(",") if controllers else [""]:
+                out[c] = path
+    return out
+
+
+def mounts() -> list[tuple[str, str, list[str]]]:
+    """``/proc/self/mounts`` as (mount point, file system type, options)."""
+    out = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            _dev, mnt, fstype, opts, *_ = line.split()
+            out.append((mnt, fstype, opts.split(",")))
+    return out
+
+
 def _memory_cgroup_dirs() -> list[tuple[str, int]]:
     """This process's memory cgroup directory and each one above it up to the mount, with the
     cgroup version; empty where none is mounted or readable."""
     try:
-        with open("/proc/self/cgroup") as f:
-            own = {}
-            for line in f:
-                _id, controllers, path = line.rstrip("\n").split(":", 2)
-                for c in controllers.split(",") if controllers else [""]:
-                    own[c] = path
-        with open("/proc/self/mounts") as f:
-            mounts = [line.split()[1:4] for line in f]
+        own, mounted = own_cgroups(), mounts()
     except (OSError, ValueError):
         return []
-    for mnt, fstype, opts in mounts:
-        if fstype == "cgroup" and "memory" in opts.split(",") and "memory" in own:
+    for mnt, fstype, opts in mounted:
+        if fstype == "cgroup" and "memory" in opts and "memory" in own:
             return [(d, 1) for d in _up_to(mnt, own["memory"])]
-    for mnt, fstype, _opts in mounts:
+    for mnt, fstype, _opts in mounted:
         if fstype == "cgroup2" and "" in own:
             return [(d, 2) for d in _up_to(mnt, own[""])]
     return []
