@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -119,3 +121,22 @@ class MemoryCgroup:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+    def run_child(self, code: str, args: list[str], timeout: float) -> tuple[int, str]:
+        """Run ``python -c code *args`` inside this cgroup: the child imports what it needs
+        (memory charged before it joins stays outside), prints "ready", and waits for a "go" line
+        that comes once it has been moved in. Returns its exit status and its output; the child is
+        killed if it outlives ``timeout``."""
+        child = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None and child.stdin is not None
+            assert child.stdout.readline().strip() == "ready"
+            self.add(child.pid)
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            out, _ = child.communicate(timeout=timeout)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        return child.returncode, out

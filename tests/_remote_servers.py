@@ -327,6 +327,16 @@ class S3Server:
         )
 
 
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a server process, and kill it if it has not gone within 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=15)
+
+
 @contextlib.contextmanager
 def seaweedfs(timeout: float = 90.0) -> Iterator[S3Server]:
     """``weed mini`` bound to loopback, telemetry off, every port free and picked now; the
@@ -351,12 +361,7 @@ def seaweedfs(timeout: float = 90.0) -> Iterator[S3Server]:
         _wait_for_bucket(server, timeout)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        stop_server(proc)
         log.close()
         shutil.rmtree(data, ignore_errors=True)
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 from typing import NoReturn
@@ -76,23 +74,10 @@ def test_snapshot_four_times_the_memory_limit_restores_and_verifies(tmp_path: Pa
         if snapload.residency(path).resident_bytes > 0:
             _skip_or_fail(f"the file system of {tmp_path} keeps pages cached after posix_fadvise(DONTNEED)")
 
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        try:
-            assert child.stdout is not None and child.stdin is not None
-            assert child.stdout.readline().strip() == "ready"
-            cgroup.add(child.pid)
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            out, _ = child.communicate(timeout=300)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+        returncode, out = cgroup.run_child(CHILD, [str(path)], timeout=300)
         stats = cgroup.stats()
 
-    assert child.returncode == 0, f"the restore died (exit {child.returncode}; -9 is the OOM killer); cgroup {stats}"
+    assert returncode == 0, f"the restore died (exit {returncode}; -9 is the OOM killer); cgroup {stats}"
     assert stats["oom_kills"] == 0, stats
     assert stats["limit"] == LIMIT, stats
     # The limit really bound the child: its page cache reached the cap and was reclaimed.

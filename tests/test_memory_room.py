@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -82,19 +80,8 @@ def test_a_real_memory_cgroup_caps_the_choice() -> None:
             pytest.fail(f"CI must run this test: no memory cgroup can be created here: {e}")
         pytest.skip(f"no memory cgroup can be created here: {e}")
     with cgroup:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(size)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            assert child.stdout is not None and child.stdin is not None
-            assert child.stdout.readline().strip() == "ready"
-            cgroup.add(child.pid)
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            out, _ = child.communicate(timeout=60)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-    assert child.returncode == 0
+        returncode, out = cgroup.run_child(CHILD, [str(size)], timeout=60)
+    assert returncode == 0
     got = json.loads(out.strip().splitlines()[-1])
     assert got["room"] is not None and 0 < got["room"] <= LIMIT, got
     assert got["available"] <= LIMIT, got

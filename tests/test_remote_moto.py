@@ -20,7 +20,7 @@ import torch
 
 import snapload
 from snapload import _native
-from _remote_servers import LOOPBACK, S3_BUCKET, S3Server, free_port, wait_for_port
+from _remote_servers import LOOPBACK, S3_BUCKET, S3Server, free_port, stop_server, wait_for_port
 from test_remote import assert_restored, local_snapshot, remote_env, s3_env, upload  # noqa: F401 - fixtures
 
 
@@ -41,12 +41,7 @@ def moto_server(timeout: float = 60.0) -> Iterator[S3Server]:
         server.client().create_bucket(Bucket=server.bucket)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        stop_server(proc)
         log.close()
 
 
