@@ -3,10 +3,16 @@ URLs from paths and routes them, so that ``restore``, ``open``, ``prefetch`` and
 one small hook. The bytes themselves are fetched by the Rust core (ranged GETs, version pinned,
 checksums always verified).
 
-With a cache directory (``cache_dir=`` or ``SNAPLOAD_CACHE_DIR``) a URL is first fetched into a
-local file there, published only once complete and verified, and then restored like any file;
-without one, a CPU restore fetches straight into one host arena and a CUDA restore streams
-through the pinned ring.
+With a cache directory (``cache_dir=`` or ``SNAPLOAD_CACHE_DIR``) a CPU restore first fetches
+the URL into a local file there, published only once complete and verified, and then maps it
+like any file (zero-copy: the tensors are views of the cache file's page cache pages); a CUDA
+restore streams through the cache instead: its reader threads fetch ranges into the pinned ring
+and write each into the entry's temporary file as it lands, so the device copies overlap the
+download, and the file is published once the restore has verified every tensor. Without one, a
+CPU restore fetches straight into one host arena and a CUDA restore streams through the ring.
+
+Ctrl-C stops any of these within a moment (the native calls look for signals while they wait),
+drops the requests in flight, and publishes nothing.
 """
 
 from __future__ import annotations
@@ -62,6 +68,27 @@ def restore_cpu(url: str) -> dict[str, torch.Tensor]:
     return views_of(arena, tensor_table(snap), path=url)
 
 
+def restore_cuda_through_cache(
+    url: str, device: torch.device, cache_dir: str, *, verify: bool, threads: int, cuda_options: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """A CUDA restore of ``url`` that fills the cache entry as it reads (see the module doc). If
+    the entry is published already, or another process publishes it while this one waits for
+    the entry's lock, the local file is restored instead. Remote reads are always verified."""
+    from snapload import cuda
+
+    entry = _native.CacheEntry(url, cache_dir)
+    snapshot = entry.snapshot
+    if snapshot is None:
+        return cuda.restore(entry.path, device, verify=verify, threads=threads, **cuda_options)
+    try:
+        tensors = cuda.restore(snapshot, device, threads=threads, **cuda_options)
+        entry.publish()  # every tensor was checked by the pipeline's finish()
+    except BaseException:
+        entry.abort()  # the temporary file goes, the lock is released: the next process fetches
+        raise
+    return tensors
+
+
 def restore(url: str, device: torch.device, *, threads: int, cuda_options: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Restore a URL without a cache: CPU into a host arena, CUDA through the pinned ring (the
     pipeline reads remote snapshots with ranged GETs and always verifies them)."""
@@ -96,7 +123,9 @@ def verify(url: str, threads: int = 0) -> tuple[int, int]:
 class CachePrefetch:
     """``prefetch()`` of a URL: a background thread fetches it into the cache directory (shared
     with any other process doing the same), so that a later ``restore(url, cache_dir=...)``
-    finds it local. ``wait()`` re-raises what the download raised."""
+    finds it local. ``wait()`` re-raises what the download raised; ``cancel()`` stops it (no file
+    is published). A KeyboardInterrupt during ``wait()`` cancels the download before it
+    propagates: only the main thread sees Ctrl-C, so the download must be told."""
 
     def __init__(self, url: str, cache_dir: str) -> None:
         import threading
@@ -104,12 +133,13 @@ class CachePrefetch:
         self.url = url
         self.path: str | None = None
         self.error: BaseException | None = None
+        self._cancel = _native.CancelToken()
         self._thread = threading.Thread(target=self._run, args=(url, cache_dir), name="snapload-cache-fetch", daemon=True)
         self._thread.start()
 
     def _run(self, url: str, cache_dir: str) -> None:
         try:
-            self.path = fetch_to_cache(url, cache_dir)[0]
+            self.path = _native.fetch_to_cache(url, cache_dir, self._cancel)[0]
         except BaseException as e:  # noqa: BLE001 - handed to wait()
             self.error = e
 
@@ -118,11 +148,20 @@ class CachePrefetch:
         return not self._thread.is_alive()
 
     def wait(self) -> str:
-        self._thread.join()
+        try:
+            self._thread.join()
+        except BaseException:
+            self.cancel()
+            raise
         if self.error is not None:
             raise self.error
         assert self.path is not None
         return self.path
+
+    def cancel(self) -> None:
+        """Stop the download and wait for its thread (moments: requests in flight are dropped)."""
+        self._cancel.cancel()
+        self._thread.join()
 
     def detach(self) -> None:
         """Let the download go on in the background (it always does; kept for parity)."""

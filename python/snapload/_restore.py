@@ -67,8 +67,9 @@ def restore(
     """Restore every tensor of a snapshot onto ``device``.
 
     ``path`` may be a URL (``s3://bucket/key``, ``https://host/path``): see docs/remote.md. With
-    ``cache_dir`` (or ``SNAPLOAD_CACHE_DIR``) it is fetched once into a verified local file there
-    and restored from it; without, it is fetched straight into host memory or the device.
+    ``cache_dir`` (or ``SNAPLOAD_CACHE_DIR``) it is also written once into a verified local file
+    there (CPU: fetched first, then mapped; CUDA: written as the restore streams it to the
+    device); without, it is fetched straight into host memory or the device.
 
     On the CPU the file is mapped once, copy-on-write: each tensor is a view of the mapping (no
     byte is copied), writable, and keeps the mapping alive. On ``cuda``/``cuda:N`` the file is
@@ -84,6 +85,14 @@ def restore(
     ``verify=True`` reads every page anyway.
     """
     dev = torch.device(device)
+    directory = _remote.cache_dir_for(cache_dir)
+    if dev.type == "cuda" and directory is not None and _remote.is_url(path):
+        # The device copies overlap the download; the cache file is written on the way.
+        if populate != "auto":
+            raise TypeError("populate applies to CPU restores; CUDA restores read every byte")
+        return _remote.restore_cuda_through_cache(
+            os.fspath(path), dev, directory, verify=verify, threads=threads, cuda_options=cuda_options
+        )
     path = _remote.local_path(path, cache_dir)
     if _remote.is_url(path):
         if populate != "auto" and dev.type == "cpu":

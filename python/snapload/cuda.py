@@ -199,7 +199,7 @@ def _resolve(device: torch.device) -> torch.device:
 
 
 def restore_with_stats(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | _native.Snapshot,
     device: str | torch.device = "cuda",
     *,
     verify: bool = False,
@@ -209,12 +209,16 @@ def restore_with_stats(
     streams: int = DEFAULT_STREAMS,
     read_mode: str = "auto",
 ) -> tuple[dict[str, torch.Tensor], PipelineStats]:
-    """``restore`` to a CUDA device, also returning what ran: bytes per read path, seconds, GB/s."""
+    """``restore`` to a CUDA device, also returning what ran: bytes per read path, seconds, GB/s.
+    ``path`` may also be a snapshot opened already (a URL read through its cache entry)."""
     check_options(chunk_bytes, slots, read_mode)
     start = time.perf_counter()
     cu = load_driver()
     dev = _resolve(torch.device(device))
-    snap = _native.Snapshot(os.fspath(path))
+    if isinstance(path, _native.Snapshot):
+        snap, path = path, path.path
+    else:
+        snap = _native.Snapshot(os.fspath(path))
     with ring_pool().lease(slots, chunk_bytes) as lease:
         # Readers start now, while the CUDA context and the arena are being set up below.
         pipeline = _native.Pipeline(snap, lease.ring, threads or default_threads(), read_mode, verify)
@@ -252,6 +256,8 @@ def _stream_into_arena(
     return arena, stats, pinned
 
 
-def restore(path: str | os.PathLike[str], device: str | torch.device = "cuda", **options: Any) -> dict[str, torch.Tensor]:
+def restore(
+    path: str | os.PathLike[str] | _native.Snapshot, device: str | torch.device = "cuda", **options: Any
+) -> dict[str, torch.Tensor]:
     """``restore_with_stats`` without the stats; the options are the same."""
     return restore_with_stats(path, device, **options)[0]

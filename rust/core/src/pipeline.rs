@@ -16,7 +16,9 @@ use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::Poll;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use memmap2::{Mmap, MmapOptions};
 
@@ -302,6 +304,9 @@ struct Shared {
     owners: Vec<usize>,
     pieces: Option<Vec<Mutex<Vec<Piece>>>>,
     workers: usize,
+    /// Set with `cancelled` or `failed`: remote reads in flight watch it and drop their requests,
+    /// so `cancel` (Ctrl-C) need not wait for a stalled server's timeout.
+    stop: AtomicBool,
 }
 
 pub struct Pipeline {
@@ -362,6 +367,7 @@ impl Pipeline {
             owners,
             pieces,
             workers,
+            stop: AtomicBool::new(false),
         });
         let handles = (0..workers)
             .map(|_| {
@@ -400,6 +406,17 @@ impl Pipeline {
 
     /// The next filled slot, blocking until one is ready; `None` once every chunk was delivered.
     pub fn next_filled(&self) -> Result<Option<Filled>> {
+        loop {
+            if let Poll::Ready(f) = self.next_filled_within(Duration::from_secs(3600))? {
+                return Ok(f);
+            }
+        }
+    }
+
+    /// `next_filled` that waits at most `timeout`: `Poll::Pending` if no slot was filled by
+    /// then, so that a caller can look for a signal (Ctrl-C) between waits.
+    pub fn next_filled_within(&self, timeout: Duration) -> Result<Poll<Option<Filled>>> {
+        let deadline = Instant::now() + timeout;
         let mut st = self.shared.lock();
         loop {
             if st.failed {
@@ -411,10 +428,10 @@ impl Pipeline {
             if let Some(f) = st.filled.pop_front() {
                 st.delivered += 1;
                 st.held[f.slot] = true;
-                return Ok(Some(f));
+                return Ok(Poll::Ready(Some(f)));
             }
             if st.delivered == self.shared.chunks.len() {
-                return Ok(None);
+                return Ok(Poll::Ready(None));
             }
             if st.delivered - st.released == self.shared.ring.slots() {
                 return Err(Error::InvalidArgument(
@@ -424,7 +441,11 @@ impl Pipeline {
             if st.workers_done == self.shared.workers {
                 return Err(Error::InvalidArgument("reader threads stopped before every chunk was read".into()));
             }
-            st = self.shared.wake.wait(st).expect("no panics while held");
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(Poll::Pending);
+            }
+            st = self.shared.wake.wait_timeout(st, left).expect("no panics while held").0;
         }
     }
 
@@ -450,6 +471,7 @@ impl Pipeline {
     /// the ring.
     pub fn cancel(&self) {
         self.shared.lock().cancelled = true;
+        self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.wake.notify_all();
         self.join();
     }
@@ -555,6 +577,7 @@ impl Shared {
                         st.failed = true;
                         st.error = Some(e);
                     }
+                    self.stop.store(true, Ordering::Relaxed); // the other readers' requests too
                     self.wake.notify_all();
                     break;
                 }
@@ -583,8 +606,9 @@ impl Shared {
         let len = c.len as usize;
         let (off, end) = (c.file_offset as usize, c.file_offset as usize + len);
         let Some(map) = &self.map else {
-            // Remote: concurrent ranged GETs straight into the slot (see `remote::RemoteObject`).
-            self.snapshot.source().read_at(&mut buf[..len], c.file_offset)?;
+            // Remote: concurrent ranged GETs straight into the slot (see `remote::RemoteObject`),
+            // dropped at once if the pipeline is cancelled or another reader failed.
+            self.snapshot.source().read_at_cancellable(&mut buf[..len], c.file_offset, &self.stop)?;
             self.counters.remote.fetch_add(c.len, Ordering::Relaxed);
             return Ok(());
         };

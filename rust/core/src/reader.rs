@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use memmap2::{MmapMut, MmapOptions};
@@ -48,16 +49,21 @@ impl Snapshot {
     /// `first_read` bytes (at least the preamble): a remote source passes enough to hold a
     /// typical header, so one ranged request usually covers both.
     pub fn from_source(source: Arc<dyn Source>, first_read: u64) -> Result<Snapshot> {
+        Snapshot::from_source_cancellable(source, first_read, &AtomicBool::new(false))
+    }
+
+    /// `from_source` whose reads give up once `cancel` is set (a remote header read may stall).
+    pub fn from_source_cancellable(source: Arc<dyn Source>, first_read: u64, cancel: &AtomicBool) -> Result<Snapshot> {
         let path = source.name().to_owned();
         let size = source.size();
         let mut head = vec![0u8; first_read.max(PREAMBLE_LEN).min(size) as usize];
-        source.read_at(&mut head, 0)?;
+        source.read_at_cancellable(&mut head, 0, cancel)?;
         let pre = parse_preamble(&path, &head[..PREAMBLE_LEN.min(size) as usize], size)?;
         let json_end = (PREAMBLE_LEN + pre.header_len) as usize;
         if head.len() < json_end {
             let have = head.len();
             head.resize(json_end, 0);
-            source.read_at(&mut head[have..], have as u64)?;
+            source.read_at_cancellable(&mut head[have..], have as u64, cancel)?;
         }
         let header = Header::parse(&path, pre, &head[PREAMBLE_LEN as usize..json_end], size)?;
         Ok(Snapshot { path, source, header, header_len: pre.header_len })

@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use crate::error::{Error, Result};
 
@@ -18,6 +19,14 @@ pub trait Source: Send + Sync {
     /// Fill all of `buf` with the bytes at `offset..offset + buf.len()`; a source that ends
     /// first is `Error::Truncated`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+
+    /// `read_at` that gives up with `Error::Cancelled` soon after `cancel` is set: a remote read
+    /// may wait on a stalled server for its whole timeout (and retries), and Ctrl-C or a
+    /// cancelled pipeline must not. A local read is short and ignores the flag.
+    fn read_at_cancellable(&self, buf: &mut [u8], offset: u64, cancel: &AtomicBool) -> Result<()> {
+        let _ = cancel;
+        self.read_at(buf, offset)
+    }
 
     /// The open file behind a local source (mapping, mincore, O_DIRECT); `None` for a remote one.
     fn as_file(&self) -> Option<&File> {

@@ -7,7 +7,11 @@
 //! passes through here (tests/test_gil.py), not only the few whose slowness can be timed.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Mutex;
+use std::task::Poll;
+use std::time::Duration;
 
 use pyo3::prelude::*;
 
@@ -21,10 +25,85 @@ where
     T: Send,
 {
     py.detach(move || {
-        *RELEASES.lock().unwrap_or_else(|e| e.into_inner()).entry(site).or_default() += 1;
+        count(site);
         work()
     })
     .map_err(to_pyerr)
+}
+
+fn count(site: &'static str) {
+    *RELEASES.lock().unwrap_or_else(|e| e.into_inner()).entry(site).or_default() += 1;
+}
+
+/// How often a released call that may wait long (on a server, on another process) looks for a
+/// pending signal. Python runs signal handlers only when a thread holding the GIL checks, so
+/// without this a Ctrl-C would wait for the call to end (a stalled server: its timeout and
+/// retries, minutes).
+pub const SIGNAL_POLL: Duration = Duration::from_millis(100);
+
+/// The signal handlers' verdict, the GIL taken for a moment: `Err` (KeyboardInterrupt for
+/// Ctrl-C) if one raised. Only the main thread runs handlers; elsewhere this is always `Ok`.
+fn check_signals() -> PyResult<()> {
+    Python::attach(|py| py.check_signals())
+}
+
+/// `without_gil` for a call that may wait long: `work` runs on a helper thread while this one,
+/// GIL released, checks for signals every `SIGNAL_POLL`. On one (Ctrl-C), `work`'s cancel flag
+/// is set, the helper is joined (the core's waits watch the flag and drop their requests within
+/// milliseconds: no thread goes on downloading), and the signal's exception is raised.
+/// `cancel` may also be set from elsewhere (another thread's `cancel()`).
+pub fn without_gil_interruptible<T, F>(py: Python<'_>, site: &'static str, cancel: &AtomicBool, work: F) -> PyResult<T>
+where
+    F: Send + FnOnce(&AtomicBool) -> snapload_core::Result<T>,
+    T: Send,
+{
+    let outcome: PyResult<snapload_core::Result<T>> = py.detach(|| {
+        count(site);
+        std::thread::scope(|s| {
+            let (done, result) = mpsc::channel();
+            std::thread::Builder::new()
+                .name("snapload-call".into())
+                .spawn_scoped(s, move || {
+                    let _ = done.send(work(cancel));
+                })
+                .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("cannot start a thread for {site}: {e}")))?;
+            loop {
+                match result.recv_timeout(SIGNAL_POLL) {
+                    Ok(r) => return Ok(r),
+                    Err(RecvTimeoutError::Timeout) => {
+                        if let Err(signal) = check_signals() {
+                            cancel.store(true, Ordering::Relaxed);
+                            let _ = result.recv(); // prompt: every wait in the core watches `cancel`
+                            return Err(signal);
+                        }
+                    }
+                    // The helper panicked: the scope re-raises its panic when it ends.
+                    Err(RecvTimeoutError::Disconnected) => return Ok(Err(snapload_core::Error::InvalidArgument(format!("{site}: worker thread panicked")))),
+                }
+            }
+        })
+    });
+    outcome?.map_err(to_pyerr)
+}
+
+/// `without_gil` for a wait made of short steps (`step` blocks at most about `SIGNAL_POLL` and
+/// returns `Pending` when nothing happened yet), with a signal check between steps. On a signal
+/// its exception is raised at once; stopping the work behind the wait is the caller's (e.g. the
+/// drive loop cancels its pipeline on any exception).
+pub fn without_gil_polling<T, F>(py: Python<'_>, site: &'static str, mut step: F) -> PyResult<T>
+where
+    F: Send + FnMut() -> snapload_core::Result<Poll<T>>,
+    T: Send,
+{
+    py.detach(|| {
+        count(site);
+        loop {
+            match step().map_err(to_pyerr)? {
+                Poll::Ready(v) => return Ok(v),
+                Poll::Pending => check_signals()?,
+            }
+        }
+    })
 }
 
 /// How many times each site ran with the GIL released, since the module was loaded.

@@ -31,6 +31,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan::plan_simulate_detail, m)?)?;
     m.add_function(wrap_pyfunction!(remote::fetch_to_cache, m)?)?;
     m.add_function(wrap_pyfunction!(remote::is_url, m)?)?;
+    m.add_class::<remote::PyCacheEntry>()?;
+    m.add_class::<remote::PyCancelToken>()?;
     m.add("FORMAT_VERSION", snapload_core::header::FORMAT_VERSION)?;
     m.add("DTYPES", snapload_core::Dtype::ALL.iter().map(|d| d.name()).collect::<Vec<_>>())?;
     Ok(())

@@ -9,7 +9,7 @@ use snapload_core::pipeline::{Options, Pipeline, ReadMode, Ring};
 
 use crate::closable::Closable;
 use crate::errors::to_pyerr;
-use crate::gil::without_gil;
+use crate::gil::{without_gil, without_gil_polling, SIGNAL_POLL};
 use crate::snapshot::PySnapshot;
 
 #[pyclass(name = "Ring", module = "snapload._native", frozen)]
@@ -89,8 +89,9 @@ impl PyPipeline {
     }
 
     /// Wait for the next filled slot: `(slot, dst_offset, length)`, or `None` when all are done.
+    /// Ctrl-C while waiting raises KeyboardInterrupt here (the caller then cancels).
     fn next_filled(&self, py: Python<'_>) -> PyResult<Option<(usize, u64, u64)>> {
-        let f = without_gil(py, "Pipeline.next_filled", || self.inner.with(|p| p.next_filled()))?;
+        let f = without_gil_polling(py, "Pipeline.next_filled", || self.inner.with(|p| p.next_filled_within(SIGNAL_POLL)))?;
         Ok(f.map(|f| (f.slot, f.dst_offset, f.len)))
     }
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{c_int, c_void};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use pyo3::exceptions::PyBufferError;
@@ -13,7 +14,7 @@ use snapload_core::residency::{Prefetch, Priority};
 use snapload_core::remote::{self, RemoteOptions};
 use snapload_core::{Mapping, Snapshot};
 
-use crate::gil::without_gil;
+use crate::gil::{without_gil, without_gil_interruptible};
 
 /// One row of the tensor table: name, dtype, shape, offset, length, crc32c, alias_of.
 type TensorRow = (String, &'static str, Vec<u64>, u64, u64, u32, Option<String>);
@@ -27,6 +28,10 @@ impl PySnapshot {
     pub fn inner(&self) -> &Arc<Snapshot> {
         &self.inner
     }
+
+    pub fn from_inner(inner: Arc<Snapshot>) -> PySnapshot {
+        PySnapshot { inner }
+    }
 }
 
 #[pymethods]
@@ -38,7 +43,8 @@ impl PySnapshot {
         let inner = match path.to_str().filter(|p| remote::is_url(p)) {
             Some(url) => {
                 let options = RemoteOptions::from_env();
-                without_gil(py, "Snapshot(url)", || remote::open(url, &options))?
+                let cancel = AtomicBool::new(false);
+                without_gil_interruptible(py, "Snapshot(url)", &cancel, |cancel| remote::open(url, &options, cancel))?
             }
             None => without_gil(py, "Snapshot()", || Snapshot::open(&path))?,
         };

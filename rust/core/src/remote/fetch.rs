@@ -38,7 +38,7 @@ pub fn fetch_verified(snapshot: &Snapshot, dst: &mut [u8], part_size: u64, concu
         let Some(slot) = parts.get(k) else { break };
         let buf = slot.lock().expect("no panics while held").take().expect("each part is taken once");
         let start = (k * part) as u64;
-        match source.read_at(buf, start) {
+        match source.read_at_cancellable(buf, start, cancel) {
             Ok(()) => checksum::hash_tensor_pieces(header, &owners, &pieces, start, buf),
             Err(e) => {
                 failed.lock().expect("no panics while held").get_or_insert(e);

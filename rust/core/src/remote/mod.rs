@@ -15,13 +15,16 @@ mod options;
 mod redact;
 mod runtime;
 mod store;
+mod stream_through;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-pub use cache::{cache_file_name, fetch_to_cache};
+pub use cache::{cache_file_name, fetch_to_cache, open_entry, Cached, Entry};
 pub use fetch::fetch_verified;
 pub use object::RemoteObject;
 pub use options::RemoteOptions;
+pub use stream_through::StreamThrough;
 
 use crate::error::Result;
 use crate::reader::Snapshot;
@@ -38,8 +41,8 @@ pub fn is_url(s: &str) -> bool {
 pub const FIRST_READ: u64 = 256 << 10;
 
 /// Open and validate a remote snapshot (one HEAD, one ranged GET, rarely a second for a very
-/// large header).
-pub fn open(url: &str, options: &RemoteOptions) -> Result<Snapshot> {
-    let object = RemoteObject::open(url, options)?;
-    Snapshot::from_source(Arc::new(object), FIRST_READ)
+/// large header); gives up with `Error::Cancelled` once `cancel` is set.
+pub fn open(url: &str, options: &RemoteOptions, cancel: &AtomicBool) -> Result<Snapshot> {
+    let object = RemoteObject::open(url, options, cancel)?;
+    Snapshot::from_source_cancellable(Arc::new(object), FIRST_READ, cancel)
 }

@@ -2,6 +2,7 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -9,7 +10,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore};
 
 use super::options::RemoteOptions;
-use super::runtime::runtime;
+use super::runtime::block_on_cancellable;
 use super::store::{resolve, store_error};
 use crate::error::{Error, Result};
 use crate::source::Source;
@@ -27,11 +28,11 @@ pub struct RemoteObject {
 
 impl RemoteObject {
     /// Resolve the URL's store and HEAD the object: its size, ETag and version are pinned here.
-    pub fn open(url: &str, options: &RemoteOptions) -> Result<RemoteObject> {
+    /// Gives up with `Error::Cancelled` once `cancel` is set.
+    pub fn open(url: &str, options: &RemoteOptions, cancel: &AtomicBool) -> Result<RemoteObject> {
         let r = resolve(url, options)?;
-        let meta = runtime()
-            .block_on(r.store.head(&r.location))
-            .map_err(|e| store_error(&r.name, "HEAD", e, &r.secrets))?;
+        let head = async { r.store.head(&r.location).await.map_err(|e| store_error(&r.name, "HEAD", e, &r.secrets)) };
+        let meta = block_on_cancellable(head, cancel, Path::new(&r.name))?;
         Ok(RemoteObject {
             name: PathBuf::from(r.name),
             store: r.store,
@@ -129,9 +130,13 @@ impl Source for RemoteObject {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.read_at_cancellable(buf, offset, &AtomicBool::new(false))
+    }
+
+    fn read_at_cancellable(&self, buf: &mut [u8], offset: u64, cancel: &AtomicBool) -> Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
-        runtime().block_on(self.read_parts(buf, offset))
+        block_on_cancellable(self.read_parts(buf, offset), cancel, &self.name)
     }
 }
