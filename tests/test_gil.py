@@ -53,6 +53,9 @@ BLOCKING_SITES = {
     "Snapshot(url)": "HEAD and a ranged GET of the header",
     "Snapshot.fetch_into": "ranged GETs of the whole object, hashing",
     "fetch_to_cache": "lock, download, fsync, rename",
+    "CacheEntry()": "HEAD, the entry's lock (another process may hold it), the header read",
+    "CacheEntry.publish": "ranged GETs of the padding, fsync, rename",
+    "CacheEntry.abort": "unlinks the temporary file",
 }
 
 
@@ -85,6 +88,16 @@ def _exercise_every_site(tmp: Path) -> None:
         remote = _native.Snapshot(url)
         remote.fetch_into(torch.empty(remote.file_size, dtype=torch.uint8).numpy())
         _native.fetch_to_cache(url, str(tmp / "cache"))
+        entry = _native.CacheEntry(url, str(tmp / "stream-cache"))
+        entry.abort()
+        entry = _native.CacheEntry(url, str(tmp / "stream-cache"))
+        filled = entry.snapshot
+        assert filled is not None
+        verify_ring = _native.Ring(2, 1 << 20)
+        pipe = _native.Pipeline(filled, verify_ring, 1, "auto", True)
+        arena = torch.empty(pipe.arena_size, dtype=torch.uint8)
+        drive(pipe, verify_ring, HostCopyEngine(arena.data_ptr(), arena.numel()))
+        entry.publish()
 
 
 def test_every_blocking_call_passes_through_the_release_helper(tmp_path: Path) -> None:

@@ -134,6 +134,9 @@ class CachePrefetch:
         self.path: str | None = None
         self.error: BaseException | None = None
         self._cancel = _native.CancelToken()
+        # Waited on instead of Thread.join: on Python 3.11 a join interrupted by Ctrl-C marks the
+        # thread stopped while it still runs (bpo-45274's fix), so a second join returns at once.
+        self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(url, cache_dir), name="snapload-cache-fetch", daemon=True)
         self._thread.start()
 
@@ -142,14 +145,16 @@ class CachePrefetch:
             self.path = _native.fetch_to_cache(url, cache_dir, self._cancel)[0]
         except BaseException as e:  # noqa: BLE001 - handed to wait()
             self.error = e
+        finally:
+            self._finished.set()
 
     @property
     def done(self) -> bool:
-        return not self._thread.is_alive()
+        return self._finished.is_set()
 
     def wait(self) -> str:
         try:
-            self._thread.join()
+            self._finished.wait()
         except BaseException:
             self.cancel()
             raise
@@ -161,7 +166,7 @@ class CachePrefetch:
     def cancel(self) -> None:
         """Stop the download and wait for its thread (moments: requests in flight are dropped)."""
         self._cancel.cancel()
-        self._thread.join()
+        self._finished.wait()
 
     def detach(self) -> None:
         """Let the download go on in the background (it always does; kept for parity)."""

@@ -61,26 +61,30 @@ where
         count(site);
         std::thread::scope(|s| {
             let (done, result) = mpsc::channel();
-            std::thread::Builder::new()
+            let helper = std::thread::Builder::new()
                 .name("snapload-call".into())
                 .spawn_scoped(s, move || {
                     let _ = done.send(work(cancel));
                 })
                 .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("cannot start a thread for {site}: {e}")))?;
-            loop {
+            let outcome = loop {
                 match result.recv_timeout(SIGNAL_POLL) {
-                    Ok(r) => return Ok(r),
+                    Ok(r) => break Ok(r),
                     Err(RecvTimeoutError::Timeout) => {
                         if let Err(signal) = check_signals() {
-                            cancel.store(true, Ordering::Relaxed);
-                            let _ = result.recv(); // prompt: every wait in the core watches `cancel`
-                            return Err(signal);
+                            cancel.store(true, Ordering::Relaxed); // prompt: every wait in the core watches it
+                            break Err(signal);
                         }
                     }
-                    // The helper panicked: the scope re-raises its panic when it ends.
-                    Err(RecvTimeoutError::Disconnected) => return Ok(Err(snapload_core::Error::InvalidArgument(format!("{site}: worker thread panicked")))),
+                    Err(RecvTimeoutError::Disconnected) => break Ok(Err(snapload_core::Error::InvalidArgument(format!("{site}: worker thread panicked")))),
                 }
+            };
+            // Joined here rather than by the scope, which only waits for the closure to end:
+            // once this returns the thread is gone, not merely done (a panic is re-raised).
+            if let Err(panic) = helper.join() {
+                std::panic::resume_unwind(panic);
             }
+            outcome
         })
     });
     outcome?.map_err(to_pyerr)

@@ -48,8 +48,13 @@ pub fn fetch_verified(snapshot: &Snapshot, dst: &mut [u8], part_size: u64, concu
     };
     let threads = concurrency.clamp(1, parts.len().max(1));
     std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(work);
+        // Joined one by one rather than left to the scope, which waits only for the closures to
+        // end: when this returns (on cancel too) no thread of ours exists any more.
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
+        for h in handles {
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
+            }
         }
     });
     if let Some(e) = failed.into_inner().expect("no panics while held") {
