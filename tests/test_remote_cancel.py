@@ -32,7 +32,9 @@ if mode == "cuda_cache":
     _fake_cuda_device.install_for_good()
 
 def run():
-    if mode == "arena":
+    if mode == "open":
+        snapload.open(url)
+    elif mode == "arena":
         snapload.restore(url)
     elif mode == "ring":
         from snapload._pipeline import restore_to_host
@@ -75,7 +77,7 @@ except KeyboardInterrupt:
 """
 
 
-@pytest.mark.parametrize("mode", ["arena", "ring", "cpu_cache", "cuda_cache", "fetch_to_cache", "prefetch"])
+@pytest.mark.parametrize("mode", ["open", "arena", "ring", "cpu_cache", "cuda_cache", "fetch_to_cache", "prefetch"])
 def test_ctrl_c_during_a_stalled_fetch_ends_promptly_and_publishes_nothing(mode: str, http_server: RangeServer, local_snapshot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _, data, _ = local_snapshot
     http_server.put("/stalls/model.snap", data)
@@ -83,7 +85,8 @@ def test_ctrl_c_during_a_stalled_fetch_ends_promptly_and_publishes_nothing(mode:
     cache.mkdir()
     with FaultProxy(http_server.port, stall_seconds=STALL_SECONDS) as proxy:
         url = f"http://127.0.0.1:{proxy.port}/stalls/model.snap"
-        proxy.min_offset = 256 << 10  # the header read passes, data ranges from there on stall
+        # The header read passes and data ranges stall; for `open`, the header read itself.
+        proxy.min_offset = 0 if mode == "open" else 256 << 10
         proxy.always = "stall"
         env = dict(os.environ, SNAPLOAD_REMOTE_TIMEOUT=str(STALL_SECONDS), SNAPLOAD_REMOTE_RETRIES="0")
         child = subprocess.Popen([sys.executable, "-c", CHILD, mode, url, str(cache), TESTS_DIR], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -114,3 +117,41 @@ def test_ctrl_c_during_a_stalled_fetch_ends_promptly_and_publishes_nothing(mode:
     assert report["locks_held"] == []
     names = [p.name for p in cache.iterdir()]
     assert not [n for n in names if n.endswith(".snap") or ".tmp." in n], names
+
+
+def test_ctrl_c_while_waiting_for_another_download_ends_promptly(http_server: RangeServer, local_snapshot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A restore waiting on the entry's lock (another process downloading it; here, this test
+    holding the entry) is interrupted by Ctrl-C too, and leaves the holder's download alone."""
+    from snapload import _native
+
+    _, data, _ = local_snapshot
+    url = http_server.put("/lock-wait/model.snap", data)
+    cache = tmp_path / "cache"
+    holder = _native.CacheEntry(url, str(cache))  # holds the lock, its temporary file in place
+    try:
+        assert holder.snapshot is not None
+        heads = http_server.served.heads
+        child = subprocess.Popen([sys.executable, "-c", CHILD, "cpu_cache", url, str(cache), TESTS_DIR], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while http_server.served.heads == heads:  # the child's HEAD: next comes the lock
+                assert child.poll() is None, child.communicate()
+                assert time.monotonic() < deadline, "the child never asked for the object"
+                time.sleep(0.05)
+            time.sleep(0.5)
+            child.send_signal(signal.SIGINT)
+            interrupted = time.monotonic()
+            out, err = child.communicate(timeout=60)
+            took = time.monotonic() - interrupted
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(timeout=30)
+        report = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"stderr": err}
+        assert report.get("outcome") == "KeyboardInterrupt", report
+        assert took < PROMPT_SECONDS, f"Ctrl-C took {took:.1f} s to end a wait on the cache lock"
+        assert report["native_threads"] == [], report
+        assert [n for n in os.listdir(cache) if ".tmp." in n], "the holder's download was left alone"
+    finally:
+        holder.abort()
+    assert not [n for n in os.listdir(cache) if n.endswith(".snap") or ".tmp." in n]

@@ -49,3 +49,38 @@ pub fn block_on_cancellable<T>(work: impl Future<Output = Result<T>>, cancel: &A
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_wait_ends_with_cancelled_and_drops_the_work() {
+        let cancel = AtomicBool::new(false);
+        let dropped = std::sync::Arc::new(AtomicBool::new(false));
+        struct SetOnDrop(std::sync::Arc<AtomicBool>);
+        impl Drop for SetOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let guard = SetOnDrop(dropped.clone());
+        // A request that never answers (an hour): only the cancel flag can end this wait.
+        let stalled = async move {
+            let _guard = guard;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(())
+        };
+        let result = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                cancel.store(true, Ordering::Relaxed);
+            });
+            block_on_cancellable(stalled, &cancel, Path::new("s3://b/k"))
+        });
+        assert!(matches!(result, Err(Error::Cancelled { .. })), "{result:?}");
+        assert!(dropped.load(Ordering::Relaxed), "the stalled work was dropped, not left running");
+        assert!(matches!(block_on_cancellable(async { Ok(1) }, &cancel, Path::new("x")), Err(Error::Cancelled { .. })), "set before: no work starts");
+        assert_eq!(block_on_cancellable(async { Ok(7) }, &AtomicBool::new(false), Path::new("x")).unwrap(), 7);
+    }
+}
