@@ -42,9 +42,27 @@ fn count(site: &'static str) {
 pub const SIGNAL_POLL: Duration = Duration::from_millis(100);
 
 /// The signal handlers' verdict, the GIL taken for a moment: `Err` (KeyboardInterrupt for
-/// Ctrl-C) if one raised. Only the main thread runs handlers; elsewhere this is always `Ok`.
+/// Ctrl-C) if one raised.
 fn check_signals() -> PyResult<()> {
     Python::attach(|py| py.check_signals())
+}
+
+thread_local! {
+    static MAIN_THREAD: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether this is Python's main thread, the only one that runs signal handlers. Elsewhere the
+/// waits do not look for signals at all: it would be a no-op, and a background thread (a
+/// prefetch) must not take the GIL every 100 ms, least of all while the interpreter shuts down.
+fn on_main_thread(py: Python<'_>) -> PyResult<bool> {
+    if let Some(known) = MAIN_THREAD.get() {
+        return Ok(known);
+    }
+    let threading = py.import("threading")?;
+    let main = threading.call_method0("main_thread")?.getattr("ident")?;
+    let main = main.eq(threading.call_method0("get_ident")?)?;
+    MAIN_THREAD.set(Some(main));
+    Ok(main)
 }
 
 /// `without_gil` for a call that may wait long: `work` runs on a helper thread while this one,
@@ -57,6 +75,7 @@ where
     F: Send + FnOnce(&AtomicBool) -> snapload_core::Result<T>,
     T: Send,
 {
+    let signals = on_main_thread(py)?;
     let outcome: PyResult<snapload_core::Result<T>> = py.detach(|| {
         count(site);
         std::thread::scope(|s| {
@@ -70,12 +89,13 @@ where
             let outcome = loop {
                 match result.recv_timeout(SIGNAL_POLL) {
                     Ok(r) => break Ok(r),
-                    Err(RecvTimeoutError::Timeout) => {
+                    Err(RecvTimeoutError::Timeout) if signals => {
                         if let Err(signal) = check_signals() {
                             cancel.store(true, Ordering::Relaxed); // prompt: every wait in the core watches it
                             break Err(signal);
                         }
                     }
+                    Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => break Ok(Err(snapload_core::Error::InvalidArgument(format!("{site}: worker thread panicked")))),
                 }
             };
@@ -99,12 +119,14 @@ where
     F: Send + FnMut() -> snapload_core::Result<Poll<T>>,
     T: Send,
 {
+    let signals = on_main_thread(py)?;
     py.detach(|| {
         count(site);
         loop {
             match step().map_err(to_pyerr)? {
                 Poll::Ready(v) => return Ok(v),
-                Poll::Pending => check_signals()?,
+                Poll::Pending if signals => check_signals()?,
+                Poll::Pending => {}
             }
         }
     })
