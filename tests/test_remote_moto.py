@@ -21,7 +21,8 @@ import torch
 import snapload
 from snapload import _native
 from _remote_servers import LOOPBACK, S3_BUCKET, S3Server, free_port, stop_server, wait_for_port
-from test_remote import assert_restored, local_snapshot, remote_env, s3_env, upload  # noqa: F401 - fixtures
+from _remote_fixtures import assert_restored, local_snapshot, remote_env  # noqa: F401 - fixtures
+from test_remote import s3_env, upload
 
 
 @contextlib.contextmanager
