@@ -73,6 +73,12 @@ impl Snapshot {
         &self.path
     }
 
+    /// The same validated snapshot read from another source holding the same bytes (a cache
+    /// entry's snapshot, read from the object itself rather than through the entry).
+    pub fn with_source(&self, source: Arc<dyn Source>) -> Snapshot {
+        Snapshot { path: self.path.clone(), source, header: self.header.clone(), header_len: self.header_len }
+    }
+
     pub fn header(&self) -> &Header {
         &self.header
     }

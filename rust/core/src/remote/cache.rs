@@ -113,12 +113,15 @@ pub fn fetch_to_cache(url: &str, cache_dir: &Path, options: &RemoteOptions, canc
 fn write_verified(snapshot: &Snapshot, fill: &StreamThrough, options: &RemoteOptions, cancel: &AtomicBool) -> Result<()> {
     let size = snapshot.header().file_size;
     let (file, tmp_path) = fill.tmp_file();
+    // Straight from the object into the mapping: through `fill` each range would also be
+    // written onto itself, a second copy for nothing.
+    let snapshot = snapshot.with_source(fill.object().clone());
     if size > 0 {
         // SAFETY: a shared mapping of a file this process just created under a name no other
         // process uses (`.tmp.<pid>`, removed only under the entry's lock, which we hold); its
         // length was set when it was created, and nothing else truncates it while mapped.
         let mut map = unsafe { MmapOptions::new().len(size as usize).map_mut(file) }.at(tmp_path, "mmap cache file")?;
-        fetch_verified(snapshot, &mut map, options.part_size, options.concurrency, cancel)?;
+        fetch_verified(&snapshot, &mut map, options.part_size, options.concurrency, cancel)?;
         map.flush().at(tmp_path, "flush cache file")?;
     }
     fill.mark_complete();

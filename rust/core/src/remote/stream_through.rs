@@ -54,6 +54,11 @@ impl StreamThrough {
         self.written.lock().expect("no panics while held").push(0..self.object.size());
     }
 
+    /// The object itself, for a fetch that writes the file by other means (its mapping).
+    pub(super) fn object(&self) -> &Arc<RemoteObject> {
+        &self.object
+    }
+
     pub(super) fn tmp_file(&self) -> (&File, &Path) {
         (&self.tmp, &self.tmp_path)
     }
