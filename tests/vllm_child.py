@@ -65,6 +65,54 @@ def _time_model_loading(result: dict) -> None:
     runner.get_model = timed
 
 
+def _time_phases(result: dict) -> None:
+    """Time the parts of BaseModelLoader.load_model (benches/vllm_bench.py): building the model,
+    load_weights (reading and copying the weights), its gc.collect() passes, and
+    process_weights_after_loading. Seconds, summed over calls, in result["phases"]."""
+    import gc
+
+    import vllm.model_executor.model_loader.base_loader as base_loader
+
+    phases: dict = result.setdefault("phases", {})
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
+
+        return wrapper
+
+    import vllm.model_executor.model_loader  # noqa: F401 - imports every built-in loader class
+
+    loader = base_loader.BaseModelLoader
+    loader.create_model = timed("create_model", loader.create_model)
+    # Each loader class defines its own load_weights (snapload's inherits DefaultModelLoader's).
+    pending = [loader]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if "load_weights" in vars(cls):
+            cls.load_weights = timed("load_weights", vars(cls)["load_weights"])
+    import vllm.model_executor.model_loader.utils as loader_utils
+
+    # base_loader holds its own reference; snapload's processed path imports it from utils.
+    base_loader.process_weights_after_loading = timed("process_weights", base_loader.process_weights_after_loading)
+    loader_utils.process_weights_after_loading = timed("process_weights", loader_utils.process_weights_after_loading)
+
+    class TimedGc:
+        """base_loader's `gc`, with collect timed."""
+
+        collect = staticmethod(timed("gc_collect", gc.collect))
+
+        def __getattr__(self, name):
+            return getattr(gc, name)
+
+    base_loader.gc = TimedGc()
+
+
 def engine(spec: dict, out_path: str) -> None:
     result: dict = {"error": None, "tokens": None}
     llm = None
@@ -74,6 +122,8 @@ def engine(spec: dict, out_path: str) -> None:
 
         result["import_s"] = time.perf_counter() - t_import
         _time_model_loading(result)
+        if spec.get("phases"):
+            _time_phases(result)
         t_start = time.perf_counter()
         kwargs = dict(
             model=spec["model"],
