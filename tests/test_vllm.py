@@ -162,6 +162,7 @@ def test_the_snapload_loader_ran_in_the_spawned_worker(runs: dict[str, Any]) -> 
     worker_lines = [line for line in log.splitlines() if line.startswith(("(VllmWorker", "(Worker"))]
     assert any("Registered model loader" in line and "snapload" in line for line in worker_lines), log[-3000:]
     assert any("snapload: restoring checkpoint snapshot" in line for line in worker_lines), log[-3000:]
+    assert any("kept out of load_model's gc passes" in line for line in worker_lines), log[-3000:]
 
 
 def test_save_processed_writes_one_keyed_snapshot_per_rank(runs: dict[str, Any]) -> None:
@@ -222,6 +223,7 @@ def test_registration_is_idempotent_and_errors_name_the_problem(runs: dict[str, 
     unit = runs["unit"]
     assert unit["register_warnings"] == []
     assert unit["loader_class"] == "SnaploadModelLoader"
+    assert unit["freeze_gc"] == [True, False]  # on by default, model_loader_extra_config turns it off
     assert "bogus" in unit["unknown_key"] and "snapshot" in unit["unknown_key"]
     assert unit["no_snapshot"].startswith("FileNotFoundError") and "model.snap" in unit["no_snapshot"]
     assert unit["not_a_folder"].startswith("FileNotFoundError") and "nope" in unit["not_a_folder"]

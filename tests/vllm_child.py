@@ -196,6 +196,10 @@ def unit(folder: str, out_path: str) -> None:
     result["unknown_key"] = error_of(
         lambda: get_model_loader(LoadConfig(load_format="snapload", model_loader_extra_config={"bogus": 1}))
     )
+    result["freeze_gc"] = [
+        get_model_loader(LoadConfig(load_format="snapload", model_loader_extra_config=extra)).freeze_gc
+        for extra in ({}, {"freeze_gc": False})
+    ]
     empty = os.path.join(folder, "empty")
     os.makedirs(empty, exist_ok=True)
     result["no_snapshot"] = error_of(lambda: plugin.find_checkpoint_snapshot(empty))
