@@ -27,6 +27,7 @@ import gc
 import glob
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Generator, Iterator, Mapping
@@ -79,11 +80,10 @@ class ProcessedSnapshotMismatchError(SnapshotError):
     quantisation, parallel sizes or rank) than the one loading it."""
 
 
-def _log() -> Any:
-    from vllm.logger import init_logger
-
-    # vLLM configures the "vllm" logger tree; a name under it shows up with vLLM's own lines.
-    return init_logger("vllm.snapload")
+def _log() -> logging.Logger:
+    # vLLM configures the "vllm" logger tree (vllm.logger, imported with vLLM); a name under it
+    # shows up with vLLM's own lines. Plain logging, so the helpers log without vLLM too (tests).
+    return logging.getLogger("vllm.snapload")
 
 
 def processed_file_name(tp_rank: int, pp_rank: int) -> str:
