@@ -8,8 +8,10 @@ VLLM_ENABLE_V1_MULTIPROCESSING=0 so the worker's model loading can be timed in t
 
 Formats: safetensors, runai_streamer (safetensors read by the Run:ai Model Streamer), snapload
 (checkpoint snapshot, model.snap), snapload_nofreeze (the same with the loader's gc freeze off:
-model_loader_extra_config {"freeze_gc": false}, to show what the file format alone does) and
-snapload_processed (this rank's processed snapshot).
+model_loader_extra_config {"freeze_gc": false}, to show what the file format alone does),
+snapload_populate_none (populate "none": no background threads populating the mapping) and
+snapload_processed (this rank's processed snapshot). The default --formats leaves
+snapload_populate_none out (give it explicitly).
 Measured per trial:
   load_s    the model runner's get_model(): build the model, load and process the weights
   ready_s   LLM(...) constructor: engine ready to serve (load + KV cache + warm-up)
@@ -103,6 +105,8 @@ def spec_for(fmt: str, model: Path, processed: Path) -> dict[str, Any]:
         spec.update(load_format="snapload", extra={"processed": str(processed)})
     elif fmt == "snapload_nofreeze":
         spec.update(load_format="snapload", extra={"freeze_gc": False})
+    elif fmt == "snapload_populate_none":
+        spec.update(load_format="snapload", extra={"populate": "none"})
     return spec
 
 
