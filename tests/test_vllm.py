@@ -115,7 +115,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     m = str(model)
     processed, processed_tp2 = tmp / "processed", tmp / "processed-tp2"
     out: dict[str, dict[str, Any]] = {"paths": {"model": m, "processed": str(processed), "processed_tp2": str(processed_tp2)}}
-    out["safetensors"] = engine(tmp, "safetensors", model=m, load_format="safetensors")
+    # phases: benches/vllm_bench.py's per-phase timing of load_model, checked below.
+    out["safetensors"] = engine(tmp, "safetensors", model=m, load_format="safetensors", phases=True)
     # Default multiprocessing: the engine core and the worker are spawned processes; the plugin
     # must register the format in the worker, and save_processed reaches it through collective_rpc.
     out["snapload"] = engine(tmp, "snapload", multiprocessing=True, model=m, load_format="snapload", save_processed=str(processed))
@@ -153,6 +154,16 @@ def test_snapload_checkpoint_generates_the_same_tokens_as_safetensors(runs: dict
     assert len(reference) == len(PROMPTS) and all(len(t) == MAX_TOKENS for t in reference)
     assert len({tuple(t) for t in reference}) == len(PROMPTS), "the prompts should not all give the same tokens"
     assert ok(runs["snapload"])["tokens"] == reference
+
+
+def test_the_bench_times_every_phase_of_load_model(runs: dict[str, Any]) -> None:
+    """benches/vllm_bench.py splits get_model into these phases (vllm_child._time_phases patches
+    vLLM's loader); a vLLM upgrade that renames one would otherwise leave the bench's columns 0."""
+    run = ok(runs["safetensors"])
+    phases = run["phases"]
+    assert set(phases) == {"create_model", "load_weights", "gc_collect", "process_weights"}, phases
+    assert all(seconds > 0 for seconds in phases.values()), phases
+    assert sum(phases.values()) <= run["load_s"], (phases, run["load_s"])
 
 
 def test_the_snapload_loader_ran_in_the_spawned_worker(runs: dict[str, Any]) -> None:
