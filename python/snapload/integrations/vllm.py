@@ -239,7 +239,7 @@ def _startup_heap_frozen(enabled: bool) -> Iterator[None]:
 
     vLLM's BaseModelLoader.load_model runs two full ``gc.collect()`` passes (after load_weights and
     after processing) to free the transient tensors of the load. Each pass walks every tracked
-    object of the process: after ``import vllm`` that is ~660k objects, 0.3-0.5 s a pass on this
+    object of the process: after ``import vllm`` that is ~660k objects, 0.3-0.6 s a pass on this
     2-core machine, more than reading the whole checkpoint from a warm page cache. The transients
     those passes are for are all made during the load, so they are still collected; what is
     skipped is the scan of the startup heap, which vLLM itself freezes the same way once the
