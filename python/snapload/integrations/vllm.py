@@ -201,7 +201,8 @@ def _make_loader_cls() -> type[Any]:
             if getattr(self, "counter_before_loading_weights", 0.0) == 0.0:
                 self.counter_before_loading_weights = time.perf_counter()
             # CPU: views of one private mapping, nothing copied; the weight loaders read from it
-            # straight into the parameters (a rank touches only the pages of its slices).
+            # straight into the parameters (with populate="none" a rank touches only the pages of
+            # its slices; the default populates the whole mapping, from one shared page cache).
             # restore_device="cuda": one device arena via the pinned ring (needs room for a second
             # copy of the checkpoint on the device; fastest for a single rank).
             device: str | torch.device = self.restore_device
