@@ -26,6 +26,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from vllm_bench import set_cache  # noqa: E402 - evicts or reads files, and checks residency
+
 SOURCES = ("safetensors", "snapload-none", "snapload-sync", "snapload-background")
 
 
@@ -58,19 +62,6 @@ def trial(source: str, model: Path) -> dict[str, float]:
     return {"open_s": t1 - t0, "copy_s": t2 - t1, "minflt": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}
 
 
-def set_cache(model: Path, cache: str) -> None:
-    sys.path.insert(0, str(REPO / "python"))
-    from snapload.prefetch import evict
-
-    for p in [model / "model.snap", *model.glob("*.safetensors")]:
-        if cache == "cold":
-            evict(p)
-        else:
-            with open(p, "rb") as f:
-                while f.read(64 << 20):
-                    pass
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=8)
@@ -85,7 +76,7 @@ def main() -> int:
     random.Random(0).shuffle(plan)
     rows: dict[str, list[dict[str, float]]] = {s: [] for s in SOURCES}
     for source in plan:
-        set_cache(args.model, args.cache)
+        set_cache([args.model / "model.snap", *args.model.glob("*.safetensors")], args.cache)
         out = subprocess.run(
             [sys.executable, __file__, "--model", str(args.model), "--one", source],
             check=True, capture_output=True, text=True,

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -77,6 +78,26 @@ except KeyboardInterrupt:
 """
 
 
+def interrupt_when(child: subprocess.Popen[str], reached: Callable[[], bool], what: str, settle_s: float) -> tuple[str, str, float]:
+    """Wait (bounded) until `reached()`, let the child settle into its wait, send SIGINT, and return
+    its stdout, stderr and how long it took to exit after the signal. The child never outlives this."""
+    try:
+        deadline = time.monotonic() + 120  # importing torch on a busy 2-core machine
+        while not reached():
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, f"the child never {what}"
+            time.sleep(0.05)
+        time.sleep(settle_s)
+        child.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        out, err = child.communicate(timeout=60)
+        return out, err, time.monotonic() - interrupted
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)
+
+
 @pytest.mark.parametrize("mode", ["open", "arena", "ring", "cpu_cache", "cuda_cache", "fetch_to_cache", "prefetch"])
 def test_ctrl_c_during_a_stalled_fetch_ends_promptly_and_publishes_nothing(mode: str, http_server: RangeServer, local_snapshot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _, data, _ = local_snapshot
@@ -90,21 +111,8 @@ def test_ctrl_c_during_a_stalled_fetch_ends_promptly_and_publishes_nothing(mode:
         proxy.always = "stall"
         env = dict(os.environ, SNAPLOAD_REMOTE_TIMEOUT=str(STALL_SECONDS), SNAPLOAD_REMOTE_RETRIES="0")
         child = subprocess.Popen([sys.executable, "-c", CHILD, mode, url, str(cache), TESTS_DIR], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        try:
-            deadline = time.monotonic() + 120  # importing torch on a busy 2-core machine
-            while proxy.data_gets == 0:
-                assert child.poll() is None, child.communicate()
-                assert time.monotonic() < deadline, "the child never reached the stalled ranges"
-                time.sleep(0.05)
-            time.sleep(0.3)  # well inside the wait now
-            child.send_signal(signal.SIGINT)
-            interrupted = time.monotonic()
-            out, err = child.communicate(timeout=60)
-            took = time.monotonic() - interrupted
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait(timeout=30)
+        # Well inside the wait 0.3 s after the first stalled range.
+        out, err, took = interrupt_when(child, lambda: proxy.data_gets > 0, "reached the stalled ranges", 0.3)
         gets_at_exit = proxy.data_gets
         time.sleep(0.5)
         assert proxy.data_gets == gets_at_exit, "requests went on after the process ended"
@@ -132,21 +140,8 @@ def test_ctrl_c_while_waiting_for_another_download_ends_promptly(http_server: Ra
         assert holder.snapshot is not None
         heads = http_server.served.heads
         child = subprocess.Popen([sys.executable, "-c", CHILD, "cpu_cache", url, str(cache), TESTS_DIR], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 120
-            while http_server.served.heads == heads:  # the child's HEAD: next comes the lock
-                assert child.poll() is None, child.communicate()
-                assert time.monotonic() < deadline, "the child never asked for the object"
-                time.sleep(0.05)
-            time.sleep(0.5)
-            child.send_signal(signal.SIGINT)
-            interrupted = time.monotonic()
-            out, err = child.communicate(timeout=60)
-            took = time.monotonic() - interrupted
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait(timeout=30)
+        # After the child's HEAD, next comes the lock.
+        out, err, took = interrupt_when(child, lambda: http_server.served.heads != heads, "asked for the object", 0.5)
         report = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"stderr": err}
         assert report.get("outcome") == "KeyboardInterrupt", report
         assert took < PROMPT_SECONDS, f"Ctrl-C took {took:.1f} s to end a wait on the cache lock"
