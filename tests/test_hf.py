@@ -6,6 +6,8 @@ downloaded."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,19 @@ def _build(kind: str) -> Any:
     return MODELS[kind]().eval()
 
 
+def _converted(tmp_path: Path, model: Any, *, drop_architectures: bool = False) -> Path:
+    """``model`` saved with save_pretrained and converted; without ``architectures`` in its config
+    when asked (what older or hand-written configs lack), so the class must be found by keys."""
+    model.save_pretrained(tmp_path / "hf")
+    if drop_architectures:
+        config_file = tmp_path / "hf" / "config.json"
+        config = json.loads(config_file.read_text())
+        del config["architectures"]
+        config_file.write_text(json.dumps(config))
+    snapload.convert(tmp_path / "hf", tmp_path / "m.snap")
+    return tmp_path / "m.snap"
+
+
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_load_model_rebuilds_the_class_a_converted_folder_names(tmp_path: Path, kind: str) -> None:
     original = _build(kind)
@@ -93,17 +108,53 @@ def test_load_model_rebuilds_the_class_a_converted_folder_names(tmp_path: Path, 
 @pytest.mark.parametrize(("kind", "expected"), [("bert", "BertModel"), ("llama", "LlamaForCausalLM"), ("t5", "T5ForConditionalGeneration")])
 def test_without_architectures_the_auto_class_whose_keys_match_is_chosen(tmp_path: Path, kind: str, expected: str) -> None:
     original = _build(kind)
-    original.save_pretrained(tmp_path / "hf")
-    config_file = tmp_path / "hf" / "config.json"
-    config = json.loads(config_file.read_text())
-    del config["architectures"]
-    config_file.write_text(json.dumps(config))
-    snapload.convert(tmp_path / "hf", tmp_path / "m.snap")
-
-    loaded = snapload.hf.load_model(tmp_path / "m.snap")
+    loaded = snapload.hf.load_model(_converted(tmp_path, original, drop_architectures=True))
 
     assert type(loaded).__name__ == expected
     assert torch.equal(_outputs(loaded), _outputs(original))
+
+
+@pytest.mark.parametrize("drop_architectures", [False, True])
+def test_model_class_of_is_the_class_load_model_builds(tmp_path: Path, drop_architectures: bool) -> None:
+    path = _converted(tmp_path, _build("t5"), drop_architectures=drop_architectures)
+
+    cls = snapload.hf.model_class_of(path)
+
+    assert cls is type(snapload.hf.load_model(path)) is transformers.T5ForConditionalGeneration
+
+
+def test_model_class_of_imports_the_model_module_and_reads_no_weights(tmp_path: Path) -> None:
+    """What the templates call it for: transformers' lazy import of the model's module happens
+    here (while a prefetch can go on reading), not later inside load_model."""
+    # 8 MB of weights: far more than the kernel's readahead around the header.
+    config = transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+        vocab_size=16384,
+    )
+    path = _converted(tmp_path, transformers.LlamaForCausalLM(config))
+    child = """
+import sys, snapload, snapload.hf
+from snapload.prefetch import evict, residency
+path = sys.argv[1]
+evict(path)
+module = "transformers.models.llama.modeling_llama"
+assert module not in sys.modules, "imported before the call"
+cls = snapload.hf.model_class_of(path)
+assert module in sys.modules and cls.__module__ == module, (cls, sorted(m for m in sys.modules if "llama" in m))
+r = residency(path, validate=False)
+print(cls.__name__, r.resident_bytes, r.size)
+"""
+    out = subprocess.run([sys.executable, "-c", child, str(path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    name, resident, size = out.stdout.split()
+    assert name == "LlamaForCausalLM"
+    # The header's pages only: the tensors (most of the file) were not read.
+    assert int(resident) < int(size) // 4, (resident, size)
+
+
+def test_model_class_of_a_missing_snapshot_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere.snap"):
+        snapload.hf.model_class_of(tmp_path / "nowhere.snap")
 
 
 def test_model_class_overrides_the_recorded_one(tmp_path: Path) -> None:

@@ -38,10 +38,13 @@ class Generator:
         # (the server never answers); kept, /readyz says 503 and every request gets the reason.
         self.error: str | None = None
         try:
+            # The model's class first: transformers imports its module lazily (seconds), and the
+            # prefetch goes on reading meanwhile. Then wait for the prefetch, and restore.
+            model_class = snapload.hf.model_class_of(SNAPLOAD_MODEL)
             if pending is not None:
                 pending.wait()
             verify = os.environ.get("SNAPLOAD_VERIFY") == "1"  # check every CRC32C (reads the whole file)
-            self.model = snapload.hf.load_model(SNAPLOAD_MODEL, DEVICE, verify=verify)
+            self.model = snapload.hf.load_model(SNAPLOAD_MODEL, DEVICE, model_class=model_class, verify=verify)
             self.tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(SNAPLOAD_MODEL)))
         except Exception as e:  # noqa: BLE001 - any failure: the service answers every request with it
             self.error = f"cannot load {SNAPLOAD_MODEL}: {type(e).__name__}: {e}"

@@ -40,6 +40,9 @@ class Generator:
         import torch
         from transformers import AutoTokenizer
 
+        # The model's class first: transformers imports its module lazily (seconds), and the
+        # prefetch goes on reading meanwhile. Then wait for the prefetch, and restore.
+        model_class = snapload.hf.model_class_of(SNAPLOAD_MODEL)
         if pending is not None:
             pending.wait()
         self.torch = torch
@@ -47,7 +50,7 @@ class Generator:
         verify = os.environ.get("SNAPLOAD_VERIFY") == "1"  # check every CRC32C (reads the whole file)
         # A missing or damaged snapshot raises here (FileNotFoundError, snapload.SnapshotError):
         # Modal then fails the container's startup and the call reports the exception.
-        self.model = snapload.hf.load_model(SNAPLOAD_MODEL, self.device, verify=verify)
+        self.model = snapload.hf.load_model(SNAPLOAD_MODEL, self.device, model_class=model_class, verify=verify)
         self.tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(SNAPLOAD_MODEL)))
 
     @modal.method()

@@ -33,10 +33,13 @@ DEVICE = os.environ.get("SNAPLOAD_DEVICE") or ("cuda" if torch.cuda.is_available
 def init() -> tuple[object, object, str | None]:
     """Restore model and tokenizer once per worker; return (model, tokenizer, error message)."""
     try:
+        # The model's class first: transformers imports its module lazily (seconds), and the
+        # prefetch goes on reading meanwhile. Then wait for the prefetch, and restore.
+        model_class = snapload.hf.model_class_of(SNAPLOAD_MODEL)
         if pending is not None:
             pending.wait()
         verify = os.environ.get("SNAPLOAD_VERIFY") == "1"  # check every CRC32C (reads the whole file)
-        model = snapload.hf.load_model(SNAPLOAD_MODEL, DEVICE, verify=verify)
+        model = snapload.hf.load_model(SNAPLOAD_MODEL, DEVICE, model_class=model_class, verify=verify)
         tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(SNAPLOAD_MODEL)))
         return model, tokenizer, None
     except Exception as e:  # noqa: BLE001 - any failure: the worker answers every job with it

@@ -19,7 +19,7 @@ from snapload._info import open as open_snapshot
 from snapload.errors import SnapshotError
 from snapload.module import init_empty_weights, match_keys, restore_module
 
-__all__ = ["CONFIG_KEY", "GENERATION_CONFIG_KEY", "FALLBACK_AUTO_CLASSES", "config_of", "load_model", "model_class_for"]
+__all__ = ["CONFIG_KEY", "GENERATION_CONFIG_KEY", "FALLBACK_AUTO_CLASSES", "config_of", "load_model", "model_class_for", "model_class_of"]
 
 # Tried in this order when the config names no class transformers has: the first whose model
 # has exactly the snapshot's keys wins, else the one with the fewest mismatched keys.
@@ -82,6 +82,21 @@ def model_class_for(config: Any, tensor_names: set[str] | None = None) -> Any:
     return candidates[scores.index(min(scores))]
 
 
+def _config(path: str | os.PathLike[str]) -> Any:
+    import transformers
+
+    return transformers.AutoConfig.for_model(**config_of(path))
+
+
+def model_class_of(path: str | os.PathLike[str]) -> Any:
+    """The class ``load_model(path)`` builds when no ``model_class`` is given, with its module
+    imported. transformers imports a model's module lazily, on first use, and that takes seconds
+    (2-5 s for Llama on a 2-core machine): a handler calls this while its ``prefetch`` is still
+    reading, then waits, then passes the class to ``load_model``, so the two overlap. Reads only
+    the snapshot's header."""
+    return model_class_for(_config(path), set(open_snapshot(path).names))
+
+
 def _build(model_class: Any, config: Any) -> Any:
     """An Auto class builds through ``from_config``; a model class is called with the config."""
     if hasattr(model_class, "from_config"):
@@ -107,7 +122,7 @@ def load_model(
     import transformers
 
     info = open_snapshot(path)
-    config = transformers.AutoConfig.for_model(**config_of(path))
+    config = _config(path)
     if model_class is None:
         model_class = model_class_for(config, set(info.names))
     with init_empty_weights():
