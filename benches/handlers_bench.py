@@ -12,11 +12,15 @@ Loading ways, the template unchanged (benches/handlers_hook/sitecustomize.py swa
   ``wait()``, ``snapload.hf.load_model`` (build on meta + restore).
 - ``from_pretrained``: ``AutoModelForCausalLM.from_pretrained(folder, dtype="auto")``.
 - ``st_assign``: empty init + ``load_state_dict(safetensors load_file(...), assign=True)``.
+- ``snapload_wait_first``: the ablation of the templates' order: ``wait()`` on the prefetch before
+  the model's class is resolved (the order the templates had before ``model_class_of``), so the
+  prefetch no longer overlaps transformers' lazy import of the model's module.
 
 Phases (from marks written by the hook in the process that restores): imports (spawn -> the
-template starts loading: interpreter, torch, transformers, the platform), load (-> model ready;
-for snapload from ``wait()`` on the prefetch; of which "model class import" is transformers'
-lazy import of the Llama module and ``build`` constructing the model on meta), first response (-> the parent has the
+template starts loading: interpreter, torch, transformers, the platform), load (-> model ready:
+the template resolves the model's class with ``snapload.hf.model_class_of``, which is
+transformers' lazy import of the Llama module, "model class import", then for snapload waits for
+the prefetch, then loads; ``build`` is constructing the model on meta), first response (-> the parent has the
 first successful answer: tokenizer, server start-up, request, one greedy token). Python libraries
 stay in the page cache (a warm node); only the weights are cold. The load average is recorded with
 every trial: this machine is shared, so read the medians with it.
@@ -53,7 +57,7 @@ import make_demo_model  # noqa: E402
 from snapload.prefetch import evict, residency  # noqa: E402
 
 TEMPLATES = ("runpod", "bentoml", "modal")
-VARIANTS = ("snapload", "from_pretrained", "st_assign")
+VARIANTS = ("snapload", "snapload_wait_first", "from_pretrained", "st_assign")
 PROMPT = "hello world the quick fox"
 # One new token: the first answer is one forward pass, common to every loader; more tokens only
 # add arithmetic (seconds per token on this shared 2-core machine) that hides the loading.
@@ -165,9 +169,14 @@ def run_once(template: str, variant: str, snap: Path, tmp: Path) -> dict[str, An
         raise RuntimeError(f"{template}/{variant}: no successful answer: {answer!r}")
     marks = [json.loads(line) for line in marks_file.read_text().splitlines()]
     loader_pid = next(m["pid"] for m in marks if m["mark"] == "load_start")
-    at = {m["mark"]: m["ns"] for m in marks if m["pid"] == loader_pid}
-    load_from = at.get("wait_start", at["load_start"])
+    at: dict[str, int] = {}
+    for m in marks:
+        if m["pid"] == loader_pid:
+            at.setdefault(m["mark"], m["ns"])  # the first of each (snapload_wait_first waits twice)
+    # The templates resolve the model's class, then wait for the prefetch (snapload only), then load.
+    load_from = min(at[k] for k in ("class_start", "wait_start", "load_start") if k in at)
     s = lambda a, b: (b - a) / 1e9  # noqa: E731
+    class_import = s(at["class_start"], at["class_imported"])
     return {
         "template": template,
         "variant": variant,
@@ -176,10 +185,10 @@ def run_once(template: str, variant: str, snap: Path, tmp: Path) -> dict[str, An
         "phases": {
             "imports": s(spawn_ns, load_from),
             "load": s(load_from, at["load_end"]),
-            "import_model_class": s(at["load_start"], at["class_imported"]),
-            "build": s(at["class_imported"], at["build_end"]) if "build_end" in at else None,
+            "import_model_class": class_import,
+            "build": s(max(at["load_start"], at["class_imported"]), at["build_end"]) if "build_end" in at else None,
             # The loader's own share: waiting for the prefetch, building, reading or mapping weights.
-            "weights": s(at["class_imported"], at["load_end"]) + s(load_from, at["load_start"]),
+            "weights": s(load_from, at["load_end"]) - class_import,
             "first_response": s(at["load_end"], response_ns),
             # What the loader changes, without the import times that swing by seconds here.
             "after_imports": s(load_from, response_ns),

@@ -3,7 +3,7 @@
 wrapper around the parent would not see it). Does nothing unless SNAPLOAD_BENCH_MARKS is set.
 
 The templates stay untouched: when ``snapload`` / ``snapload.hf`` are first imported, their
-``prefetch`` / ``load_model`` are wrapped to append timestamps (``time.monotonic_ns``, system-wide
+``prefetch`` / ``model_class_of`` / ``load_model`` are wrapped to append timestamps (``time.monotonic_ns``, system-wide
 on Linux) to the marks file, and for the baseline variants replaced by the same template loading
 with ``from_pretrained`` or safetensors ``load_file`` + ``load_state_dict(assign=True)``, reading
 the ``model.safetensors`` beside the snapshot. Only light modules are imported here.
@@ -18,6 +18,11 @@ import time
 
 MARKS = os.environ.get("SNAPLOAD_BENCH_MARKS")
 VARIANT = os.environ.get("SNAPLOAD_BENCH_VARIANT", "snapload")
+# The ablation: the template as it was before model_class_of, waiting for the prefetch first and
+# importing the model's module after (the wait is moved in front of the class import here).
+WAIT_FIRST = VARIANT == "snapload_wait_first"
+SNAPLOAD_VARIANTS = ("snapload", "snapload_wait_first")
+_prefetches: list["_Waited"] = []
 
 
 def mark(name: str) -> None:
@@ -43,9 +48,10 @@ def _patch_snapload(module: object) -> None:
     real = module.prefetch  # type: ignore[attr-defined]
 
     def prefetch(path: object, **kw: object) -> object:
-        if VARIANT != "snapload":
+        if VARIANT not in SNAPLOAD_VARIANTS:
             return None  # the baselines read the safetensors file, not the snapshot
-        return _Waited(real(path, **kw))
+        _prefetches.append(_Waited(real(path, **kw)))
+        return _prefetches[-1]
 
     module.prefetch = prefetch  # type: ignore[attr-defined]
 
@@ -79,19 +85,27 @@ def _patch_hf(module: object) -> None:
         mark("build_end")  # load_model built the model on meta; restore starts now
         return real_restore(*a, **kw)
 
+    real_class_of = module.model_class_of  # type: ignore[attr-defined]
+
+    def model_class_of(path: str) -> object:
+        # The templates resolve the model's class (transformers imports its module lazily) before
+        # they wait for the prefetch; the baselines run the same template, so they do it too.
+        if WAIT_FIRST and _prefetches:
+            _prefetches[-1].wait()  # the template's own wait() then returns at once
+        mark("class_start")
+        cls = real_class_of(path)
+        mark("class_imported")
+        return cls
+
     def load_model(path: str, device: object = "cpu", **kw: object) -> object:
         mark("load_start")
-        # transformers imports the model's module lazily, inside the load: timed apart so that
-        # "build" is construction alone (the bench's model is a Llama).
-        import transformers.models.llama.modeling_llama  # noqa: F401
-
-        mark("class_imported")
-        model = real_load(path, device, **kw) if VARIANT == "snapload" else _baseline_load(path, device, **kw)
+        model = real_load(path, device, **kw) if VARIANT in SNAPLOAD_VARIANTS else _baseline_load(path, device, **kw)
         mark("load_end")
         return model
 
     module.restore_module = restore_module  # type: ignore[attr-defined]
     module.load_model = load_model  # type: ignore[attr-defined]
+    module.model_class_of = model_class_of  # type: ignore[attr-defined]
 
 
 PATCHES = {"snapload": _patch_snapload, "snapload.hf": _patch_hf}
