@@ -9,7 +9,7 @@ the request as soon as it is accepted (retrying every 0.1 s until the first succ
 Loading ways, the template unchanged (benches/handlers_hook/sitecustomize.py swaps the loader):
 
 - ``snapload``: the template as written: ``snapload.prefetch`` before ``import torch``,
-  ``wait()``, ``snapload.hf.load_model`` (build on meta + restore).
+  ``snapload.hf.model_class_of``, ``wait()``, ``snapload.hf.load_model`` (build on meta + restore).
 - ``from_pretrained``: ``AutoModelForCausalLM.from_pretrained(folder, dtype="auto")``.
 - ``st_assign``: empty init + ``load_state_dict(safetensors load_file(...), assign=True)``.
 - ``snapload_wait_first``: the ablation of the templates' order: ``wait()`` on the prefetch before

@@ -27,7 +27,10 @@ FALLBACK_AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoM
 
 
 def config_of(path: str | os.PathLike[str]) -> dict[str, Any]:
-    meta = open_snapshot(path).metadata
+    return _config_dict(path, open_snapshot(path).metadata)
+
+
+def _config_dict(path: str | os.PathLike[str], meta: dict[str, str]) -> dict[str, Any]:
     if CONFIG_KEY not in meta:
         raise SnapshotError(
             f"{os.fspath(path)}: no {CONFIG_KEY!r} in the metadata (convert from a model folder, snapshot a "
@@ -82,10 +85,12 @@ def model_class_for(config: Any, tensor_names: set[str] | None = None) -> Any:
     return candidates[scores.index(min(scores))]
 
 
-def _config(path: str | os.PathLike[str]) -> Any:
+def _config(path: str | os.PathLike[str], info: Any) -> Any:
+    """The transformers config recorded in ``info`` (an opened snapshot: for a URL, opening costs
+    requests, so it is done once per call)."""
     import transformers
 
-    return transformers.AutoConfig.for_model(**config_of(path))
+    return transformers.AutoConfig.for_model(**_config_dict(path, info.metadata))
 
 
 def model_class_of(path: str | os.PathLike[str]) -> Any:
@@ -94,7 +99,8 @@ def model_class_of(path: str | os.PathLike[str]) -> Any:
     (2-5 s for Llama on a 2-core machine): a handler calls this while its ``prefetch`` is still
     reading, then waits, then passes the class to ``load_model``, so the two overlap. Reads only
     the snapshot's header."""
-    return model_class_for(_config(path), set(open_snapshot(path).names))
+    info = open_snapshot(path)
+    return model_class_for(_config(path, info), set(info.names))
 
 
 def _build(model_class: Any, config: Any) -> Any:
@@ -122,7 +128,7 @@ def load_model(
     import transformers
 
     info = open_snapshot(path)
-    config = _config(path)
+    config = _config(path, info)
     if model_class is None:
         model_class = model_class_for(config, set(info.names))
     with init_empty_weights():
