@@ -100,3 +100,15 @@ def info(data_dir: Path) -> dict[str, Any]:
         "versions": versions(),
         "git": git_state(),
     }
+
+
+def provenance(data_dir: Path = Path(".")) -> dict[str, Any]:
+    """What every results file records beside its figures: the machine, library versions, the git
+    commit and dirty flag (in ``machine``), when, and the load average at the end of the run."""
+    import time
+
+    return {
+        "machine": info(data_dir),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "loadavg_at_end": os.getloadavg(),
+    }

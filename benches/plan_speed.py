@@ -20,6 +20,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(REPO / "benches"))
+
+from machine import provenance  # noqa: E402 - benches/machine.py: stdlib only
 
 import snapload  # noqa: E402
 from snapload._plan import sim, traces  # noqa: E402
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  snapload.plan() end to end: {med['plan_wall_s']:.2f} s")
     if args.json:
         out = {"requests": n, "policies": len(policies), "concurrency": args.concurrency, "nproc": os.cpu_count(),
-               "loadavg": load, "rounds": rows, "median": med}  # fmt: skip
+               "loadavg": load, "rounds": rows, "median": med, **provenance()}  # fmt: skip
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
 

@@ -35,6 +35,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+
+from machine import provenance  # noqa: E402 - benches/machine.py: stdlib only
 
 LOADERS = ("snapload", "snapload-cache", "boto3+restore", "runai", "tensorizer")
 
@@ -178,7 +181,7 @@ def sweep(size_mb: int, trials: int, out: str | None) -> int:
     best = max(rows, key=lambda r: r["gb_per_s"])
     print(f"best: part {best['part_mib']} MiB, concurrency {best['concurrency']}: {best['gb_per_s']:.2f} GB/s")
     if out:
-        Path(out).write_text(json.dumps({"size_mb": size_mb, "trials": trials, "rows": rows}, indent=2))
+        Path(out).write_text(json.dumps({"size_mb": size_mb, "trials": trials, "rows": rows, **provenance()}, indent=2))
     return 0
 
 
@@ -254,7 +257,7 @@ def main() -> int:
         else:
             print(f"{name:16} {s['median_s']:8.2f} {s['gb_per_s']:6.2f} {s['peak_rss_mb']:8.0f} MB {s['rss_after_imports_mb']:9.0f} -> {s['rss_loaded_mb']:.0f} MB")
     if a.out:
-        Path(a.out).write_text(json.dumps({"size_mb": a.size_mb, "trials": a.trials, "summary": summary, "runs": results}, indent=2))
+        Path(a.out).write_text(json.dumps({"size_mb": a.size_mb, "trials": a.trials, "summary": summary, "runs": results, **provenance()}, indent=2))
     return 0
 
 

@@ -26,6 +26,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+
+from machine import provenance  # noqa: E402 - benches/machine.py: stdlib only
 
 MODES = ("stream-through", "fetch-then-restore", "no-cache")
 
@@ -87,7 +90,7 @@ def main() -> int:
                 shutil.rmtree(cache, ignore_errors=True)
                 if trial:
                     rows[mode].append(seconds)
-    result: dict[str, Any] = {"size_bytes": size, "trials": args.trials, "fake_cuda": fake, "modes": {}}
+    result: dict[str, Any] = {"size_bytes": size, "trials": args.trials, "fake_cuda": fake, "modes": {}, **provenance()}
     for mode, times in rows.items():
         median = statistics.median(times)
         result["modes"][mode] = {"median_s": median, "gb_per_s": size / median / 1e9, "runs": times}
