@@ -9,7 +9,6 @@ process is stopped (its whole process group) in a ``finally``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -26,6 +25,8 @@ from typing import Any
 import psutil
 import pytest
 
+from _require import require
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 PROMPT = "hello world the quick fox"
@@ -34,15 +35,6 @@ NEW_TOKENS = 6
 # up to a minute when this 2-core machine is shared; the deadline is for hangs, not for speed.
 START_TIMEOUT_S = 240.0
 REQUEST_TIMEOUT_S = 120.0
-
-
-def require(module: str) -> None:
-    """Skip (locally) or fail (in CI, where scripts/requirements-dev.txt installs it) without ``module``."""
-    if importlib.util.find_spec(module) is None:
-        message = f"{module} is not installed (pip install -r scripts/requirements-dev.txt)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
