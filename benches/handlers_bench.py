@@ -15,6 +15,9 @@ Loading ways, the template unchanged (benches/handlers_hook/sitecustomize.py swa
 - ``snapload_wait_first``: the ablation of the templates' order: ``wait()`` on the prefetch before
   the model's class is resolved (the order the templates had before ``model_class_of``), so the
   prefetch no longer overlaps transformers' lazy import of the model's module.
+- ``no_weights``: the floor, not a loader: the model built on meta and given uninitialised
+  parameters (``torch.empty``: untouched memory), nothing read (its answer is meaningless). ``from_pretrained``'s total over this one is the most any
+  loader could gain in this template on this machine, measured in the same run ("ceiling").
 
 Phases (from marks written by the hook in the process that restores): imports (spawn -> the
 template starts loading: interpreter, torch, transformers, the platform), load (-> model ready:
@@ -57,7 +60,8 @@ import make_demo_model  # noqa: E402
 from snapload.prefetch import evict, residency  # noqa: E402
 
 TEMPLATES = ("runpod", "bentoml", "modal")
-VARIANTS = ("snapload", "snapload_wait_first", "from_pretrained", "st_assign")
+VARIANTS = ("snapload", "snapload_wait_first", "from_pretrained", "st_assign", "no_weights")
+FLOOR = "no_weights"  # its answer is meaningless: left out of the same-tokens check
 PROMPT = "hello world the quick fox"
 # One new token: the first answer is one forward pass, common to every loader; more tokens only
 # add arithmetic (seconds per token on this shared 2-core machine) that hides the loading.
@@ -239,7 +243,7 @@ def main() -> int:
 def write(out: Path, spec: Any, dtype: str, sizes: Any, folder: Path, templates: list[str], variants: list[str], runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Summarise the runs so far into ``out`` (rewritten after every round); return the summary."""
     # Every template and loader must generate the same tokens: same weights, greedy decoding.
-    assert len({tuple(r["token_ids"]) for r in runs}) == 1, "different tokens across runs"
+    assert len({tuple(r["token_ids"]) for r in runs if r["variant"] != FLOOR}) <= 1, "different tokens across runs"
     summary: dict[str, Any] = {}
     for t in templates:
         for v in variants:
@@ -259,6 +263,11 @@ def write(out: Path, spec: Any, dtype: str, sizes: Any, folder: Path, templates:
             if base and v != "snapload":
                 summary[f"{t}/{v}"]["snapload_speedup"] = summary[f"{t}/{v}"]["total"] / base["total"]
                 summary[f"{t}/{v}"]["snapload_speedup_after_imports"] = summary[f"{t}/{v}"]["after_imports"] / base["after_imports"]
+        floor, ref = summary.get(f"{t}/{FLOOR}"), summary.get(f"{t}/from_pretrained")
+        if floor and ref:
+            # The ceiling: from_pretrained's time over the no-weights floor's, the same run.
+            summary[f"{t}/{FLOOR}"]["ceiling_over_from_pretrained"] = ref["total"] / floor["total"]
+            summary[f"{t}/{FLOOR}"]["ceiling_over_from_pretrained_after_imports"] = ref["after_imports"] / floor["after_imports"]
     result = {
         "command": "python benches/handlers_bench.py " + " ".join(sys.argv[1:]),
         "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -286,6 +295,20 @@ def markdown(summary: dict[str, Any]) -> str:
             f" | {f(s['import_model_class'])} | {f(s['weights'])} ({f(s['build'])}) | {f(s['first_response'])} | {f(s['after_imports'])}"
             f" | {speed} | {speed_ai} | {s['loadavg_median']:.1f} |"
         )
+    ceilings = [(name.split("/")[0], s) for name, s in summary.items() if "ceiling_over_from_pretrained" in s]
+    if ceilings:
+        lines += [
+            "",
+            "| template | from_pretrained / snapload | from_pretrained / no weights (the ceiling) | after imports: / snapload | after imports: / no weights |",
+            "|---|---|---|---|---|",
+        ]
+        for t, s in ceilings:
+            ref = summary[f"{t}/from_pretrained"]
+            sl = f"{ref['snapload_speedup']:.2f}x" if "snapload_speedup" in ref else "–"
+            sl_ai = f"{ref['snapload_speedup_after_imports']:.2f}x" if "snapload_speedup" in ref else "–"
+            lines.append(
+                f"| {t} | {sl} | {s['ceiling_over_from_pretrained']:.2f}x | {sl_ai} | {s['ceiling_over_from_pretrained_after_imports']:.2f}x |"
+            )
     return "\n".join(lines)
 
 

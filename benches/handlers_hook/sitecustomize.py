@@ -6,7 +6,8 @@ The templates stay untouched: when ``snapload`` / ``snapload.hf`` are first impo
 ``prefetch`` / ``model_class_of`` / ``load_model`` are wrapped to append timestamps (``time.monotonic_ns``, system-wide
 on Linux) to the marks file, and for the baseline variants replaced by the same template loading
 with ``from_pretrained`` or safetensors ``load_file`` + ``load_state_dict(assign=True)``, reading
-the ``model.safetensors`` beside the snapshot. Only light modules are imported here.
+the ``model.safetensors`` beside the snapshot, or (``no_weights``, the floor) by the model with
+untouched, uninitialised parameters and nothing read. Only light modules are imported here.
 """
 
 import importlib.abc
@@ -73,6 +74,23 @@ def _baseline_load(path: str, device: object, **_: object) -> object:
             model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, str(config.dtype).removeprefix("torch.")))
         mark("build_end")
         model.load_state_dict(safetensors.torch.load_file(os.path.join(folder, "model.safetensors")), assign=True)
+    elif VARIANT == "no_weights":
+        # The floor for every loader: the same model built the same way, its parameters given fresh
+        # memory that nothing writes (torch.empty: a large allocation is an untouched anonymous
+        # mapping) and nothing read from any file. Its answer is meaningless; its time is what the
+        # start would cost if loading the weights were free but for the page faults of first
+        # touching the memory in the forward pass (a lazy loader pays those too). torch.zeros
+        # would be no floor: filling 1.55 GB costs 0.4-0.6 s here, more than snapload's restore.
+        import snapload
+
+        config = AutoConfig.from_pretrained(folder)
+        with snapload.init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, str(config.dtype).removeprefix("torch.")))
+        mark("build_end")
+        for sub in model.modules():
+            for name, p in list(sub._parameters.items()):
+                if p is not None and p.is_meta:
+                    sub._parameters[name] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device), requires_grad=False)
     else:
         raise SystemExit(f"unknown SNAPLOAD_BENCH_VARIANT {VARIANT!r}")
     return model.to(device).eval()
