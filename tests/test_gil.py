@@ -56,6 +56,8 @@ BLOCKING_SITES = {
     "CacheEntry()": "HEAD, the entry's lock (another process may hold it), the header read",
     "CacheEntry.publish": "ranged GETs of the padding, fsync, rename",
     "CacheEntry.abort": "unlinks the temporary file",
+    "CacheEntry.fill": "ranged GETs of the whole object into the entry's file, hashing",
+    "CacheEntry.wait_published": "joins the thread that syncs and renames the entry's file",
 }
 
 
@@ -98,6 +100,10 @@ def _exercise_every_site(tmp: Path) -> None:
         arena = torch.empty(pipe.arena_size, dtype=torch.uint8)
         drive(pipe, verify_ring, HostCopyEngine(arena.data_ptr(), arena.numel()))
         entry.publish()
+        entry = _native.CacheEntry(url, str(tmp / "cpu-cache"))
+        entry.fill()
+        entry.publish_in_background()
+        entry.wait_published()
 
 
 def test_every_blocking_call_passes_through_the_release_helper(tmp_path: Path) -> None:

@@ -128,6 +128,7 @@ def test_cache_round_trip(http_server: RangeServer, local_snapshot, tmp_path: Pa
     cache = tmp_path / "cache"
     before = http_server.served.body_bytes
     assert_restored(snapload.restore(url, cache_dir=cache), state)
+    assert snapload.wait_for_cache() == [str(next(cache.glob("*.snap")))]  # published in the background
     time.sleep(0.2)
     first = http_server.served.body_bytes - before
     assert first >= len(data)
@@ -143,6 +144,76 @@ def test_cache_round_trip(http_server: RangeServer, local_snapshot, tmp_path: Pa
         del os.environ["SNAPLOAD_CACHE_DIR"]
     time.sleep(0.2)
     assert http_server.served.body_bytes - before - first == 0
+
+
+def test_cpu_restore_returns_before_the_cache_file_is_published(http_server: RangeServer, local_snapshot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The fsync and rename are off the restore's path: the tensors are views of the entry's
+    temporary file, and stay right when it is renamed under them."""
+    from snapload import _remote
+
+    _, data, state = local_snapshot
+    url = http_server.put("/cache-later/model.snap", data)
+    held: list[_native.CacheEntry] = []
+    monkeypatch.setattr(_remote, "_publish_in_background", held.append)  # publish when told
+    restored = snapload.restore(url, cache_dir=tmp_path)
+    assert_restored(restored, state)
+    names = [p.name for p in tmp_path.iterdir()]
+    assert not [n for n in names if n.endswith(".snap")], names  # nothing looks complete yet
+    assert len([n for n in names if ".tmp." in n]) == 1, names
+    monkeypatch.undo()
+    (entry,) = held
+    _remote._publish_in_background(entry)
+    (published,) = snapload.wait_for_cache()
+    assert Path(published).read_bytes() == data
+    assert not [p for p in tmp_path.iterdir() if ".tmp." in p.name]
+    assert_restored(restored, state)  # the mapping outlives the rename
+    assert snapload.wait_for_cache() == []
+
+
+def _child_restores(url: str, cache: Path, then: str) -> subprocess.Popen[str]:
+    code = (
+        "import sys, snapload\n"
+        "from snapload import _remote\n"
+        f"if {then!r} == 'hold':\n"
+        "    held = []\n"
+        "    _remote._publish_in_background = held.append  # kept, never published\n"
+        f"tensors = snapload.restore({url!r}, cache_dir={str(cache)!r})\n"
+        "print(len(tensors), flush=True)\n"
+        f"if {then!r} == 'hold':\n"
+        "    sys.stdin.read()  # until killed\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_interpreter_exit_waits_for_the_background_publish(http_server: RangeServer, local_snapshot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, data, state = local_snapshot
+    url = http_server.put("/cache-exit/model.snap", data)
+    child = _child_restores(url, tmp_path, then="exit")
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err
+    assert out.strip() == str(len(state)) and "not published" not in err, err
+    snaps = list(tmp_path.glob("*.snap"))
+    assert len(snaps) == 1 and snaps[0].read_bytes() == data
+    assert not [p for p in tmp_path.iterdir() if ".tmp." in p.name]
+
+
+def test_a_process_killed_before_publishing_leaves_nothing_that_looks_complete(http_server: RangeServer, local_snapshot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, data, state = local_snapshot
+    url = http_server.put("/cache-killed/model.snap", data)
+    child = _child_restores(url, tmp_path, then="hold")
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == str(len(state))  # restored, entry not published
+    finally:
+        child.kill()
+        child.wait(30)
+    names = [p.name for p in tmp_path.iterdir()]
+    assert not [n for n in names if n.endswith(".snap")] and [n for n in names if ".tmp." in n], names
+    # The lock died with the process; the next restore removes the leftover and fetches again.
+    assert_restored(snapload.restore(url, cache_dir=tmp_path), state)
+    (published,) = snapload.wait_for_cache()
+    assert Path(published).read_bytes() == data
+    assert not [p for p in tmp_path.iterdir() if ".tmp." in p.name]
 
 
 def test_new_version_gets_a_new_cache_entry(http_server: RangeServer, tmp_path: Path, local_snapshot) -> None:  # type: ignore[no-untyped-def]
@@ -213,6 +284,7 @@ def test_a_crashed_download_leaves_no_complete_looking_file(http_server: RangeSe
         proxy.always = None
         restored = snapload.restore(url, cache_dir=tmp_path)
         assert_restored(restored, state)
+        snapload.wait_for_cache()
         names = [f.name for f in tmp_path.iterdir()]
         assert not [n for n in names if ".tmp." in n], names
 

@@ -98,5 +98,6 @@ def test_moto_cache_round_trip(moto: S3Server, local_snapshot, tmp_path: Path, m
     url = upload(moto, "cached/model.snap", data)
     restored = snapload.restore(url, cache_dir=tmp_path)
     assert_restored(restored, state)
+    snapload.wait_for_cache()  # published in the background
     files = [p for p in tmp_path.rglob("*") if p.is_file() and p.stat().st_size == len(data)]
     assert len(files) == 1 and files[0].read_bytes() == data, "one published copy, byte-identical to the object"

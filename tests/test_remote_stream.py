@@ -1,7 +1,7 @@
 """The stream-through cache of CUDA restores: with a cache directory, the bytes fetched into the
 pinned ring are also written into the entry's temporary file as they land, so the device copies
-overlap the download; the file is published once the restore verified every tensor, and never on
-a failure. Runs the real CUDA restore code against the fake driver (no GPU here)."""
+overlap the download; the file is published (in the background, after the restore returned) once
+the restore verified every tensor, and never on a failure. Runs the real CUDA restore code against the fake driver (no GPU here)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ class TimelineDriver(FakeDriver):
 
 
 def cache_files(cache: Path) -> dict[str, list[str]]:
+    """The cache's files once this process's background publishing is done."""
+    snapload.wait_for_cache()
     names = sorted(p.name for p in cache.iterdir()) if cache.exists() else []
     return {
         "published": [n for n in names if n.endswith(".snap")],

@@ -28,6 +28,7 @@ from snapload.errors import (
     UnsupportedVersionError,
 )
 
+from snapload._remote import wait_for_cache
 from snapload.prefetch import Residency, evict, prefetch, residency
 
 __version__ = "0.1.0"
@@ -70,6 +71,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "FORMAT_VERSION",
+    "wait_for_cache",
     "Residency",
     "BadMagicError",
     "CancelledError",

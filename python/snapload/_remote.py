@@ -4,12 +4,16 @@ one small hook. The bytes themselves are fetched by the Rust core (ranged GETs, 
 checksums always verified).
 
 With a cache directory (``cache_dir=`` or ``SNAPLOAD_CACHE_DIR``) a CPU restore first fetches
-the URL into a local file there, published only once complete and verified, and then maps it
-like any file (zero-copy: the tensors are views of the cache file's page cache pages); a CUDA
-restore streams through the cache instead: its reader threads fetch ranges into the pinned ring
-and write each into the entry's temporary file as it lands, so the device copies overlap the
-download, and the file is published once the restore has verified every tensor. Without one, a
-CPU restore fetches straight into one host arena and a CUDA restore streams through the ring.
+the URL into the entry's temporary file there (verified) and maps it like any file (zero-copy:
+the tensors are views of the cache file's page cache pages); a CUDA restore streams through the
+cache instead: its reader threads fetch ranges into the pinned ring and write each into the
+entry's temporary file as it lands, so the device copies overlap the download. Either way the
+restore returns as soon as its tensors are ready, and the entry is published (synced, renamed to
+its final name) on a thread of the core's meanwhile: the ``fsync`` of a whole model stays off
+the cold start's path. ``wait_for_cache()`` waits for that, and so does interpreter exit. Until
+it is published the file keeps its temporary name, so a process killed meanwhile leaves nothing
+that looks complete (the next restore fetches again). Without a cache directory, a CPU restore
+fetches straight into one host arena and a CUDA restore streams through the ring.
 
 Ctrl-C stops any of these within a moment (the native calls look for signals while they wait),
 drops the requests in flight, and publishes nothing.
@@ -17,7 +21,10 @@ drops the requests in flight, and publishes nothing.
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 from snapload import _native
@@ -55,6 +62,62 @@ def local_path(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] |
     return path
 
 
+# Cache entries this process is publishing in the background (see the module doc).
+_publishing: list[_native.CacheEntry] = []
+_publishing_lock = threading.Lock()
+
+
+def _publish_in_background(entry: _native.CacheEntry) -> None:
+    with _publishing_lock:
+        if not _publishing:
+            atexit.register(_publish_before_exit)  # once per batch; a second call finds nothing
+        entry.publish_in_background()
+        _publishing.append(entry)
+
+
+def wait_for_cache() -> list[str]:
+    """Wait until every cache file that this process's restores are publishing in the background
+    (see ``restore(url, cache_dir=...)``) is synced and under its final name; return those paths.
+    Raises the first failure (``OSError`` naming the file; that entry was then removed, so the
+    next restore of its URL fetches again). Interpreter exit does this too."""
+    with _publishing_lock:
+        entries = list(_publishing)
+        _publishing.clear()
+    paths: list[str] = []
+    failure: BaseException | None = None
+    for entry in entries:
+        try:
+            paths.append(entry.wait_published())
+        except Exception as e:  # noqa: BLE001 - every entry is waited for; the first failure is raised
+            failure = failure or e
+    if failure is not None:
+        raise failure
+    return paths
+
+
+def _publish_before_exit() -> None:
+    try:
+        wait_for_cache()
+    except Exception as e:  # noqa: BLE001 - at exit a failure can only be reported
+        print(f"snapload: a cache file was not published: {e}", file=sys.stderr)
+
+
+def cached_snapshot(url: str, cache_dir: str) -> tuple[_native.Snapshot, str]:
+    """The local snapshot of ``url`` in ``cache_dir`` and its final path: the published file, or
+    the entry's temporary file just filled (verified), opened before its publishing starts in the
+    background (the open file survives the rename)."""
+    entry = _native.CacheEntry(url, cache_dir)
+    if entry.snapshot is None:
+        return _native.Snapshot(entry.path), entry.path
+    try:
+        local = entry.fill()
+    except BaseException:
+        entry.abort()  # the temporary file goes, the lock is released: the next process fetches
+        raise
+    _publish_in_background(entry)
+    return local, entry.path
+
+
 def restore_cpu(url: str) -> dict[str, torch.Tensor]:
     """Fetch the whole object into one host arena (many concurrent ranged GETs, checksums
     verified as the parts land); every tensor is a view of it, as with a mapped file."""
@@ -82,10 +145,10 @@ def restore_cuda_through_cache(
         return cuda.restore(entry.path, device, verify=verify, threads=threads, **cuda_options)
     try:
         tensors = cuda.restore(snapshot, device, threads=threads, **cuda_options)
-        entry.publish()  # every tensor was checked by the pipeline's finish()
     except BaseException:
         entry.abort()  # the temporary file goes, the lock is released: the next process fetches
         raise
+    _publish_in_background(entry)  # every tensor was checked by the pipeline's finish()
     return tensors
 
 

@@ -28,11 +28,14 @@ def _auto_populate(file_size: int) -> str:
 
 
 def restore_cpu(
-    path: str | os.PathLike[str], *, verify: bool = False, threads: int = 0, populate: str = "auto"
+    path: str | os.PathLike[str] | _native.Snapshot, *, verify: bool = False, threads: int = 0, populate: str = "auto", name: str | None = None
 ) -> dict[str, torch.Tensor]:
+    """``path`` may be an open local snapshot (a cache entry's file, about to be renamed);
+    ``name`` is the path that errors about its tensors give (default: ``path``)."""
     if populate not in POPULATE_MODES:
         raise ValueError(f"populate={populate!r} must be one of {POPULATE_MODES}")
-    snap = _native.Snapshot(os.fspath(path))
+    snap = path if isinstance(path, _native.Snapshot) else _native.Snapshot(os.fspath(path))
+    name = name if name is not None else snap.path
     if populate == "auto":
         populate = _auto_populate(snap.file_size)
     mapping = snap.map()
@@ -51,7 +54,7 @@ def restore_cpu(
     # One uint8 tensor over the whole mapping; it holds a reference to `mapping`, and every
     # tensor below is a view of it, so the mapping lives as long as any tensor does.
     base = torch.frombuffer(mapping, dtype=torch.uint8)
-    return views_of(base, tensor_table(snap), path=path)
+    return views_of(base, tensor_table(snap), path=name)
 
 
 def restore(
@@ -69,7 +72,9 @@ def restore(
     ``path`` may be a URL (``s3://bucket/key``, ``https://host/path``): see docs/remote.md. With
     ``cache_dir`` (or ``SNAPLOAD_CACHE_DIR``) it is also written once into a verified local file
     there (CPU: fetched first, then mapped; CUDA: written as the restore streams it to the
-    device); without, it is fetched straight into host memory or the device.
+    device), published (synced and renamed) in the background after this returns
+    (``snapload.wait_for_cache()``, or interpreter exit, waits for it); without, it is fetched
+    straight into host memory or the device.
 
     On the CPU the file is mapped once, copy-on-write: each tensor is a view of the mapping (no
     byte is copied), writable, and keeps the mapping alive. On ``cuda``/``cuda:N`` the file is
@@ -93,6 +98,12 @@ def restore(
         return _remote.restore_cuda_through_cache(
             os.fspath(path), dev, directory, verify=verify, threads=threads, cuda_options=cuda_options
         )
+    if dev.type == "cpu" and directory is not None and _remote.is_url(path):
+        if cuda_options:
+            raise TypeError(f"options {sorted(cuda_options)} apply to CUDA restores only")
+        # Fetched into the entry's file and mapped; published in the background meanwhile.
+        local, final_path = _remote.cached_snapshot(os.fspath(path), directory)
+        return restore_cpu(local, verify=verify, threads=threads, populate=populate, name=final_path)
     path = _remote.local_path(path, cache_dir)
     if _remote.is_url(path):
         if populate != "auto" and dev.type == "cpu":

@@ -5,12 +5,12 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use snapload_core::remote::{self, Entry, RemoteOptions, StreamThrough};
+use snapload_core::remote::{self, Entry, Publishing, RemoteOptions, StreamThrough};
 use snapload_core::Snapshot;
 
 use crate::gil::{without_gil, without_gil_interruptible};
@@ -93,6 +93,8 @@ pub fn fetch_into(py: Python<'_>, snapshot: &PySnapshot, buffer: &Bound<'_, PyAn
 pub struct PyCacheEntry {
     path: PathBuf,
     fill: Option<(Arc<StreamThrough>, Arc<Snapshot>)>,
+    /// Set by `publish_in_background`.
+    publishing: OnceLock<Arc<Publishing>>,
 }
 
 #[pymethods]
@@ -104,8 +106,8 @@ impl PyCacheEntry {
         let options = RemoteOptions::from_env();
         let entry = without_gil_interruptible(py, "CacheEntry()", &AtomicBool::new(false), |cancel| remote::open_entry(&url, &cache_dir, &options, cancel))?;
         Ok(match entry {
-            Entry::Published(path) => PyCacheEntry { path, fill: None },
-            Entry::Fill { fill, snapshot } => PyCacheEntry { path: fill.final_path().to_owned(), fill: Some((fill, Arc::new(snapshot))) },
+            Entry::Published(path) => PyCacheEntry { path, fill: None, publishing: OnceLock::new() },
+            Entry::Fill { fill, snapshot } => PyCacheEntry { path: fill.final_path().to_owned(), fill: Some((fill, Arc::new(snapshot))), publishing: OnceLock::new() },
         })
     }
 
@@ -137,6 +139,34 @@ impl PyCacheEntry {
         Ok(self.path())
     }
 
+    /// Fetch the whole object into the entry's temporary file (every checksum verified) and
+    /// return it opened as a local snapshot (a CPU restore maps it); then `publish_in_background`.
+    fn fill(&self, py: Python<'_>) -> PyResult<PySnapshot> {
+        let (fill, snap) = self.filling()?;
+        let options = RemoteOptions::from_env();
+        let local = without_gil_interruptible(py, "CacheEntry.fill", &AtomicBool::new(false), |cancel| remote::fill_whole(fill, snap, &options, cancel))?;
+        Ok(PySnapshot::from_inner(Arc::new(local)))
+    }
+
+    /// Start publishing (as `publish`) on a thread of the core's, and return at once; on failure
+    /// the entry is aborted there. `wait_published()` joins it.
+    fn publish_in_background(&self) -> PyResult<()> {
+        let (fill, snap) = self.filling()?;
+        let publishing = fill.publish_in_background(snap.header().clone()).map_err(crate::errors::to_pyerr)?;
+        self.publishing
+            .set(Arc::new(publishing))
+            .map_err(|_| PyValueError::new_err(format!("{}: publishing was started already", self.path.display())))
+    }
+
+    /// Block until the background publish has finished: the final path, or its error.
+    fn wait_published(&self, py: Python<'_>) -> PyResult<String> {
+        let Some(publishing) = self.publishing.get().cloned() else {
+            return Err(PyValueError::new_err(format!("{}: publish_in_background() was not called", self.path.display())));
+        };
+        let path = without_gil(py, "CacheEntry.wait_published", move || publishing.wait())?;
+        Ok(path.to_string_lossy().into_owned())
+    }
+
     /// Remove the temporary file and release the lock; a no-op once published or aborted.
     fn abort(&self, py: Python<'_>) -> PyResult<()> {
         let Some((fill, _)) = &self.fill else { return Ok(()) };
@@ -144,5 +174,14 @@ impl PyCacheEntry {
             fill.abort();
             Ok(())
         })
+    }
+}
+
+impl PyCacheEntry {
+    fn filling(&self) -> PyResult<(&Arc<StreamThrough>, &Arc<Snapshot>)> {
+        self.fill
+            .as_ref()
+            .map(|(fill, snap)| (fill, snap))
+            .ok_or_else(|| PyValueError::new_err(format!("{}: this cache entry is published already", self.path.display())))
     }
 }

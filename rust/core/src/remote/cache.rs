@@ -108,6 +108,15 @@ pub fn fetch_to_cache(url: &str, cache_dir: &Path, options: &RemoteOptions, canc
     }
 }
 
+/// Fetch the whole object into the entry's temporary file (verified) and open that file as a
+/// local snapshot, for a CPU restore that maps it while the entry is published in the background
+/// (`StreamThrough::publish_in_background`): the snapshot holds the file open, so the rename that
+/// publishes it does not disturb the mapping.
+pub fn fill_whole(fill: &StreamThrough, snapshot: &Snapshot, options: &RemoteOptions, cancel: &AtomicBool) -> Result<Snapshot> {
+    write_verified(snapshot, fill, options, cancel)?;
+    Snapshot::open(fill.tmp_file().1)
+}
+
 /// Fetch the whole object into the entry's file through a shared writable mapping (the bytes go
 /// straight into its page cache pages) and check every checksum.
 fn write_verified(snapshot: &Snapshot, fill: &StreamThrough, options: &RemoteOptions, cancel: &AtomicBool) -> Result<()> {
@@ -122,7 +131,8 @@ fn write_verified(snapshot: &Snapshot, fill: &StreamThrough, options: &RemoteOpt
         // length was set when it was created, and nothing else truncates it while mapped.
         let mut map = unsafe { MmapOptions::new().len(size as usize).map_mut(file) }.at(tmp_path, "mmap cache file")?;
         fetch_verified(&snapshot, &mut map, options.part_size, options.concurrency, cancel)?;
-        map.flush().at(tmp_path, "flush cache file")?;
+        // No msync here: `publish` fsyncs the file, which writes back the pages dirtied through
+        // this mapping too (unmapping hands their dirty bits to the page cache).
     }
     fill.mark_complete();
     Ok(())

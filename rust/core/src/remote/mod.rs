@@ -20,11 +20,11 @@ mod stream_through;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-pub use cache::{cache_file_name, fetch_to_cache, open_entry, Cached, Entry};
+pub use cache::{cache_file_name, fetch_to_cache, fill_whole, open_entry, Cached, Entry};
 pub use fetch::fetch_verified;
 pub use object::RemoteObject;
 pub use options::RemoteOptions;
-pub use stream_through::StreamThrough;
+pub use stream_through::{Publishing, StreamThrough};
 
 use crate::error::Result;
 use crate::reader::Snapshot;

@@ -17,6 +17,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use super::object::RemoteObject;
 use crate::error::{Error, IoContext, Result};
@@ -91,6 +92,27 @@ impl StreamThrough {
         Ok(self.final_path.clone())
     }
 
+    /// `publish` on a thread of its own, for a restore that already holds every tensor: the
+    /// caller goes on (serves) while the file is completed, synced and renamed; the `fsync` of a
+    /// whole model would otherwise sit on the cold start's path. On failure the entry is aborted
+    /// (temporary file removed, lock released: the next restore fetches again). The file keeps
+    /// its temporary name until then, so a process killed meanwhile leaves nothing that looks
+    /// complete, and the next holder of the lock removes the leftover.
+    pub fn publish_in_background(self: &Arc<Self>, header: Header) -> Result<Publishing> {
+        let fill = self.clone();
+        let handle = std::thread::Builder::new()
+            .name("snapload-publish".into())
+            .spawn(move || {
+                let published = fill.publish(&header, &AtomicBool::new(false));
+                if published.is_err() {
+                    fill.abort();
+                }
+                published
+            })
+            .at(&self.tmp_path, "start the thread that publishes the cache file")?;
+        Ok(Publishing { handle: Mutex::new(Some(handle)), final_path: self.final_path.clone() })
+    }
+
     /// Remove the temporary file and release the lock; a no-op once published or aborted.
     pub fn abort(&self) {
         if self.lock.lock().expect("no panics while held").take().is_some() {
@@ -114,6 +136,24 @@ impl StreamThrough {
             gaps.push(covered..self.object.size());
         }
         gaps
+    }
+}
+
+/// A cache file being published by `StreamThrough::publish_in_background`.
+pub struct Publishing {
+    handle: Mutex<Option<JoinHandle<Result<PathBuf>>>>,
+    final_path: PathBuf,
+}
+
+impl Publishing {
+    /// Block until the file is published (its final path) or has failed to be (the entry was
+    /// then aborted). A second call answers at once with an error naming the file.
+    pub fn wait(&self) -> Result<PathBuf> {
+        let handle = self.handle.lock().expect("no panics while held").take();
+        match handle {
+            Some(h) => h.join().unwrap_or_else(|_| Err(Error::InvalidArgument(format!("{}: the publishing thread panicked", self.final_path.display())))),
+            None => Err(Error::InvalidArgument(format!("{}: already waited for", self.final_path.display()))),
+        }
     }
 }
 
