@@ -60,7 +60,20 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'snapload' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    try:
+        imported = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name not in ("torch", "numpy"):
+            raise
+        # An install without dependencies (pip install --no-deps, for a keep-warm sidecar):
+        # say what is missing and what works without it, rather than a bare "No module named".
+        raise ModuleNotFoundError(
+            f"snapload.{name} needs {e.name}, which is not installed here (pip install torch numpy); "
+            "without them, snapload.open, prefetch, residency, evict and the commands inspect, "
+            "verify, warm and status still work",
+            name=e.name,
+        ) from e
+    value = getattr(imported, name)
     globals()[name] = value
     return value
 
