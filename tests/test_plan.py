@@ -402,22 +402,24 @@ def test_cli_as_a_program_stays_light(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Against a second, plain implementation of the model (one request per instance)
+# Against a second, plain implementation of the model (concurrency 1, 2 and 3)
 
 
 def test_agrees_with_the_plain_reference_model() -> None:
     from _plan_reference import simulate as reference
 
     rng = np.random.default_rng(11)
-    checked = 0
-    for _ in range(25):
+    checked = {1: 0, 2: 0, 3: 0}
+    kinds: set[int] = set()
+    for trace in range(30):
+        concurrency = 1 + trace % 3
         n = int(rng.integers(1, 120))
         # Quarter-second times and services: many exact ties between arrivals, completions,
         # reclaims and pings, where the ordering rules matter.
         arrivals = np.sort(np.round(rng.exponential(rng.choice([0.3, 1.0, 3.0]), n).cumsum() * 4) / 4)
         service = np.round(rng.uniform(0, 3, n) * 4) / 4
         cold = float(rng.choice([0.0, 0.5, 2.0]))
-        w = sim.make_workload(arrivals, service, 1, 0)
+        w = sim.make_workload(arrivals, service, concurrency, 0)
         for policy in sim.policy_grid([0, 0.5, 2.5], [0, 1], [None, 1.5, 4], [None, 1, 3]):
             if policy.max_instances is not None and policy.max_instances < policy.min_instances:
                 continue
@@ -425,12 +427,15 @@ def test_agrees_with_the_plain_reference_model() -> None:
             want = reference(
                 arrivals.tolist(), service.tolist(), cold, w.end,
                 policy.idle_timeout, policy.min_instances, policy.keep_warm_interval, policy.max_instances,
+                concurrency,
             )  # fmt: skip
-            where = f"{policy} cold {cold} arrivals {arrivals.tolist()} service {service.tolist()}"
+            where = f"{policy} concurrency {concurrency} cold {cold} arrivals {arrivals.tolist()} service {service.tolist()}"
             assert got.start.tolist() == want.start, where
             assert got.added.tolist() == pytest.approx(want.added, abs=1e-9), where
             o = got.outcome
             assert (o.launches, o.ping_launches, o.peak_instances) == (want.launches, want.ping_launches, want.peak_instances), where
             assert o.instance_seconds == pytest.approx(want.instance_seconds, abs=1e-6), where
-            checked += 1
-    assert checked > 1000
+            checked[concurrency] += 1
+            kinds.update(want.start)
+    assert min(checked.values()) > 300, checked
+    assert kinds == {0, 1, 2, 3}, kinds  # warm, launched, joined a starting instance, queued: all reached
