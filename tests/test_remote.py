@@ -170,6 +170,25 @@ def test_cpu_restore_returns_before_the_cache_file_is_published(http_server: Ran
     assert snapload.wait_for_cache() == []
 
 
+def test_a_forked_child_leaves_the_parents_publishing_to_the_parent(http_server: RangeServer, local_snapshot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, data, state = local_snapshot
+    url = http_server.put("/cache-fork/model.snap", data)
+    assert_restored(snapload.restore(url, cache_dir=tmp_path), state)  # its publish is pending
+    pid = os.fork()
+    if pid == 0:  # the child: nothing of its own to wait for, and no thread of the parent's to join
+        os._exit(0 if snapload.wait_for_cache() == [] else 1)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in wait_for_cache()")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    (published,) = snapload.wait_for_cache()
+    assert Path(published).read_bytes() == data
+
+
 def _child_restores(url: str, cache: Path, then: str) -> subprocess.Popen[str]:
     code = (
         "import sys, snapload\n"

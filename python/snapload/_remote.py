@@ -67,6 +67,17 @@ _publishing: list[_native.CacheEntry] = []
 _publishing_lock = threading.Lock()
 
 
+def _forget_the_parents_publishing() -> None:
+    # A forked child has none of its parent's threads: joining one would be undefined. The parent
+    # publishes its entries; the child has nothing to wait for.
+    global _publishing_lock
+    _publishing.clear()
+    _publishing_lock = threading.Lock()  # a copy of the lock may have been held mid-fork
+
+
+os.register_at_fork(after_in_child=_forget_the_parents_publishing)
+
+
 def _publish_in_background(entry: _native.CacheEntry) -> None:
     with _publishing_lock:
         if not _publishing:
