@@ -32,9 +32,11 @@ every trial: this machine is shared, so read the medians with it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -125,13 +127,14 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(30)
 
 
-def run_once(template: str, variant: str, snap: Path, tmp: Path) -> dict[str, Any]:
+def run_once(template: str, variant: str, model: str, tmp: Path, extra_env: dict[str, str]) -> dict[str, Any]:
     port = free_port()
     marks_file = tmp / f"marks-{template}-{variant}.jsonl"
     marks_file.unlink(missing_ok=True)
     env = dict(
         os.environ,
-        SNAPLOAD_MODEL=str(snap),
+        **extra_env,
+        SNAPLOAD_MODEL=model,
         SNAPLOAD_DEVICE="cpu",
         SNAPLOAD_BENCH_MARKS=str(marks_file),
         SNAPLOAD_BENCH_VARIANT=variant,
@@ -181,6 +184,10 @@ def run_once(template: str, variant: str, snap: Path, tmp: Path) -> dict[str, An
     load_from = min(at[k] for k in ("class_start", "wait_start", "load_start") if k in at)
     s = lambda a, b: (b - a) / 1e9  # noqa: E731
     class_import = s(at["class_start"], at["class_imported"])
+    # The templates load the tokenizer between the class import and the wait (or the load; the
+    # ablation waits before the class import).
+    weights_from = min(at[k] for k in ("wait_start", "load_start") if k in at and at[k] >= at["class_imported"])
+    tokenizer = s(at["class_imported"], weights_from)
     return {
         "template": template,
         "variant": variant,
@@ -191,8 +198,10 @@ def run_once(template: str, variant: str, snap: Path, tmp: Path) -> dict[str, An
             "load": s(load_from, at["load_end"]),
             "import_model_class": class_import,
             "build": s(max(at["load_start"], at["class_imported"]), at["build_end"]) if "build_end" in at else None,
-            # The loader's own share: waiting for the prefetch, building, reading or mapping weights.
-            "weights": s(load_from, at["load_end"]) - class_import,
+            "tokenizer": tokenizer,
+            # The loader's own share: waiting for the prefetch, building, reading or mapping weights
+            # (for the baselines from a bucket: downloading the files first).
+            "weights": s(load_from, at["load_end"]) - class_import - tokenizer,
             "first_response": s(at["load_end"], response_ns),
             # What the loader changes, without the import times that swing by seconds here.
             "after_imports": s(load_from, response_ns),
@@ -207,6 +216,11 @@ def main() -> int:
     p.add_argument("--templates", default=",".join(TEMPLATES))
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--tiny", action="store_true", help="a tiny model (checks the pipeline in seconds)")
+    p.add_argument(
+        "--source", choices=("local", "s3"), default="local",
+        help="s3: the weights in a bucket (SeaweedFS on 127.0.0.1); snapload restores the s3:// URL with a "
+        "fresh SNAPLOAD_CACHE_DIR per trial, the baselines download the files with boto3 first",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=HERE / "results" / "handlers.json")
     args = p.parse_args()
     templates, variants = args.templates.split(","), args.variants.split(",")
@@ -218,7 +232,10 @@ def main() -> int:
     log(f"model: {sizes}")
     runs: list[dict[str, Any]] = []
     rng = random.Random(0)
-    with tempfile.TemporaryDirectory(prefix="handlers-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="handlers-bench-") as tmp, contextlib.ExitStack() as stack:
+        model, extra_env = str(snap), {}
+        if args.source == "s3":
+            model, extra_env = serve_from_s3(stack, folder)
         for trial in range(args.trials):
             order = [(t, v) for t in templates for v in variants]
             rng.shuffle(order)  # drifting load on a shared machine hits every variant alike
@@ -226,8 +243,18 @@ def main() -> int:
                 for f in weights:
                     evict(f)
                 resident = {f.name: residency(f, validate=False).fraction for f in weights}  # reads nothing
-                r = run_once(template, variant, snap, Path(tmp))
-                r["trial"], r["resident_before"] = trial, resident
+                trial_env = dict(extra_env)
+                if args.source == "s3":
+                    # A node that never ran this model: an empty snapload cache, and an empty
+                    # TMPDIR for the baselines' downloads; both removed after the trial.
+                    scratch = Path(tmp) / "trial"
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    (scratch / "cache").mkdir(parents=True)
+                    trial_env.update(SNAPLOAD_CACHE_DIR=str(scratch / "cache"), TMPDIR=str(scratch))
+                r = run_once(template, variant, model, Path(tmp), trial_env)
+                if args.source == "s3":
+                    shutil.rmtree(Path(tmp) / "trial", ignore_errors=True)
+                r["trial"], r["resident_before"], r["source"] = trial, resident, args.source
                 runs.append(r)
                 ph = r["phases"]
                 log(
@@ -238,6 +265,26 @@ def main() -> int:
             write(args.out, spec, dtype, sizes, folder, templates, variants, runs)
     print(markdown(write(args.out, spec, dtype, sizes, folder, templates, variants, runs)))
     return 0
+
+
+def serve_from_s3(stack: contextlib.ExitStack, folder: Path) -> tuple[str, dict[str, str]]:
+    """Start SeaweedFS on 127.0.0.1 (stopped when ``stack`` closes), upload the snapshot and the
+    safetensors folder's files under one prefix; the model's URL and the environment a template
+    needs to read it (credentials, endpoint; the tokenizer from the local folder, as an image
+    would ship it). The server's files stay in its page cache: this measures the client side."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from _remote_servers import S3_ACCESS_KEY, S3_SECRET_KEY, seaweedfs
+
+    server = stack.enter_context(seaweedfs())
+    client = server.client()
+    for name in ("model.snap", "model.safetensors", "config.json", "generation_config.json"):
+        log(f"uploading {name}")
+        client.upload_file(str(folder / name), server.bucket, f"handlers/{name}")
+    env = dict(
+        AWS_ACCESS_KEY_ID=S3_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET_KEY, AWS_ENDPOINT_URL=server.endpoint,
+        AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true", SNAPLOAD_TOKENIZER=str(folder),
+    )  # fmt: skip
+    return f"s3://{server.bucket}/handlers/model.snap", env
 
 
 def write(out: Path, spec: Any, dtype: str, sizes: Any, folder: Path, templates: list[str], variants: list[str], runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -284,15 +331,15 @@ def write(out: Path, spec: Any, dtype: str, sizes: Any, folder: Path, templates:
 def markdown(summary: dict[str, Any]) -> str:
     f = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
     lines = [
-        "| template / loader | total (s) | min–max | imports | load | of which: model class import | weights (build) | first response | after imports | total / snapload's | after imports / snapload's | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| template / loader | total (s) | min–max | imports | load | of which: model class import | tokenizer | weights (build) | first response | after imports | total / snapload's | after imports / snapload's | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summary.items():
         speed = f"{s['snapload_speedup']:.2f}x" if "snapload_speedup" in s else ""
         speed_ai = f"{s['snapload_speedup_after_imports']:.2f}x" if "snapload_speedup" in s else ""
         lines.append(
             f"| {name} | {f(s['total'])} | {f(s['total_min'])}–{f(s['total_max'])} | {f(s['imports'])} | {f(s['load'])}"
-            f" | {f(s['import_model_class'])} | {f(s['weights'])} ({f(s['build'])}) | {f(s['first_response'])} | {f(s['after_imports'])}"
+            f" | {f(s['import_model_class'])} | {f(s['tokenizer'])} | {f(s['weights'])} ({f(s['build'])}) | {f(s['first_response'])} | {f(s['after_imports'])}"
             f" | {speed} | {speed_ai} | {s['loadavg_median']:.1f} |"
         )
     ceilings = [(name.split("/")[0], s) for name, s in summary.items() if "ceiling_over_from_pretrained" in s]

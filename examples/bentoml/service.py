@@ -5,7 +5,8 @@
          -d '{"prompt": "hello world", "max_new_tokens": 16}'
     curl 127.0.0.1:3000/readyz        # 200 once restored; 503 if the snapshot could not be loaded
 
-The tokenizer is loaded from the snapshot's folder (see README.md for the layout).
+The tokenizer is loaded from the snapshot's folder, or SNAPLOAD_TOKENIZER for an s3:// or https://
+snapshot (see README.md for the layout and the environment).
 """
 
 import os
@@ -14,13 +15,18 @@ import sys
 import snapload  # light: does not import torch
 
 SNAPLOAD_MODEL = os.environ.get("SNAPLOAD_MODEL", "/models/model.snap")
+# The tokenizer's folder: beside a local snapshot; for an s3:// or https:// one, the folder the
+# image ships it in (it is small; the weights are what is worth keeping in object storage).
+TOKENIZER = os.environ.get("SNAPLOAD_TOKENIZER") or ("" if "://" in SNAPLOAD_MODEL else os.path.dirname(os.path.abspath(SNAPLOAD_MODEL)))
 MAX_NEW_TOKENS = int(os.environ.get("SNAPLOAD_MAX_NEW_TOKENS", "512"))
 
 # Start pulling the snapshot into the page cache now (its header is checked first); `import torch` below overlaps the reads.
 # (BentoML imports this module in each worker process, so each worker starts its own prefetch.)
 try:
     pending = snapload.prefetch(SNAPLOAD_MODEL)
-except (OSError, snapload.SnapshotError):  # missing, unreadable, not a snapshot: __init__ reports it
+except (OSError, snapload.SnapshotError, ValueError):  # missing, unreadable, not a snapshot: __init__ reports it
+    # (ValueError: a URL without SNAPLOAD_CACHE_DIR has no local cache to prefetch into; it is
+    # restored straight from the URL instead.)
     pending = None
 
 import bentoml  # noqa: E402
@@ -31,6 +37,10 @@ from transformers import AutoTokenizer  # noqa: E402
 DEVICE = os.environ.get("SNAPLOAD_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _no_tokenizer() -> str:
+    raise ValueError("SNAPLOAD_MODEL is a URL: set SNAPLOAD_TOKENIZER to the tokenizer's folder")
+
+
 @bentoml.service(workers=1, traffic={"timeout": 300})
 class Generator:
     def __init__(self) -> None:
@@ -39,13 +49,14 @@ class Generator:
         self.error: str | None = None
         try:
             # The model's class first: transformers imports its module lazily (seconds), and the
-            # prefetch goes on reading meanwhile. Then wait for the prefetch, and restore.
+            # prefetch goes on reading meanwhile, as it does while the tokenizer loads. Then wait for the
+            # prefetch, and restore.
             model_class = snapload.hf.model_class_of(SNAPLOAD_MODEL)
+            self.tokenizer = AutoTokenizer.from_pretrained(TOKENIZER or _no_tokenizer())
             if pending is not None:
                 pending.wait()
             verify = os.environ.get("SNAPLOAD_VERIFY") == "1"  # check every CRC32C (reads the whole file)
             self.model = snapload.hf.load_model(SNAPLOAD_MODEL, DEVICE, model_class=model_class, verify=verify)
-            self.tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(SNAPLOAD_MODEL)))
         except Exception as e:  # noqa: BLE001 - any failure: the service answers every request with it
             self.error = f"cannot load {SNAPLOAD_MODEL}: {type(e).__name__}: {e}"
             print(self.error, file=sys.stderr, flush=True)

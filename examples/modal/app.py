@@ -5,7 +5,7 @@
 
 Locally, ``Generator().generate.local(...)`` runs the ``@modal.enter()`` hook and the method in
 this process (Modal's own local execution; no account needed). The tokenizer is loaded from the
-snapshot's folder (see README.md for the layout).
+snapshot's folder, or SNAPLOAD_TOKENIZER for an s3:// or https:// snapshot (see README.md).
 """
 
 import os
@@ -14,6 +14,9 @@ import sys
 import snapload  # light: does not import torch
 
 SNAPLOAD_MODEL = os.environ.get("SNAPLOAD_MODEL", "/models/model.snap")
+# The tokenizer's folder: beside a local snapshot; for an s3:// or https:// one, the folder the
+# image ships it in (it is small; the weights are what is worth keeping in object storage).
+TOKENIZER = os.environ.get("SNAPLOAD_TOKENIZER") or ("" if "://" in SNAPLOAD_MODEL else os.path.dirname(os.path.abspath(SNAPLOAD_MODEL)))
 MAX_NEW_TOKENS = int(os.environ.get("SNAPLOAD_MAX_NEW_TOKENS", "512"))
 
 # Start pulling the snapshot into the page cache now (the container imports this module before
@@ -21,7 +24,9 @@ MAX_NEW_TOKENS = int(os.environ.get("SNAPLOAD_MAX_NEW_TOKENS", "512"))
 # machine that runs `modal deploy` imports this file too, without the snapshot: not an error there.
 try:
     pending = snapload.prefetch(SNAPLOAD_MODEL)
-except (OSError, snapload.SnapshotError):  # the enter hook reports it (load_model raises the same)
+except (OSError, snapload.SnapshotError, ValueError):  # the enter hook reports it (load_model raises the same)
+    # (ValueError: a URL without SNAPLOAD_CACHE_DIR has no local cache to prefetch into; it is
+    # restored straight from the URL instead.)
     pending = None
 
 import modal  # noqa: E402
@@ -29,6 +34,10 @@ import modal  # noqa: E402
 app = modal.App("snapload-generator")
 image = modal.Image.debian_slim(python_version="3.11").pip_install("snapload", "transformers", "torch")
 models = modal.Volume.from_name("snapload-models", create_if_missing=True)
+
+
+def _no_tokenizer() -> str:
+    raise ValueError("SNAPLOAD_MODEL is a URL: set SNAPLOAD_TOKENIZER to the tokenizer's folder")
 
 
 @app.cls(image=image, gpu="A10G", volumes={"/models": models}, env={"SNAPLOAD_MODEL": SNAPLOAD_MODEL})
@@ -41,8 +50,10 @@ class Generator:
         from transformers import AutoTokenizer
 
         # The model's class first: transformers imports its module lazily (seconds), and the
-        # prefetch goes on reading meanwhile. Then wait for the prefetch, and restore.
+        # prefetch goes on reading meanwhile, as it does while the tokenizer loads. Then wait for the
+        # prefetch, and restore.
         model_class = snapload.hf.model_class_of(SNAPLOAD_MODEL)
+        self.tokenizer = AutoTokenizer.from_pretrained(TOKENIZER or _no_tokenizer())
         if pending is not None:
             pending.wait()
         self.torch = torch
@@ -51,7 +62,6 @@ class Generator:
         # A missing or damaged snapshot raises here (FileNotFoundError, snapload.SnapshotError):
         # Modal then fails the container's startup and the call reports the exception.
         self.model = snapload.hf.load_model(SNAPLOAD_MODEL, self.device, model_class=model_class, verify=verify)
-        self.tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(SNAPLOAD_MODEL)))
 
     @modal.method()
     def generate(self, prompt: str, max_new_tokens: int = 16) -> dict:
