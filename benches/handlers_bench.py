@@ -24,8 +24,9 @@ Loading ways, the template unchanged (benches/handlers_hook/sitecustomize.py swa
 Phases (from marks written by the hook in the process that restores): imports (spawn -> the
 template starts loading: interpreter, torch, transformers, the platform), load (-> model ready:
 the template resolves the model's class with ``snapload.hf.model_class_of``, which is
-transformers' lazy import of the Llama module, "model class import", then for snapload waits for
-the prefetch, then loads; ``build`` is constructing the model on meta), first response (-> the parent has the
+transformers' lazy import of the Llama module, "model class import", loads the tokenizer, then
+for snapload waits for the prefetch, then loads: "weights"; ``build`` is constructing the model
+on meta), first response (-> the parent has the
 first successful answer: tokenizer, server start-up, request, one greedy token). Python libraries
 stay in the page cache (a warm node); only the weights are cold. The load average is recorded with
 every trial: this machine is shared, so read the medians with it.
