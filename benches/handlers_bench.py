@@ -15,8 +15,8 @@ Loading ways, the template unchanged (benches/handlers_hook/sitecustomize.py swa
 - ``snapload_wait_first``: the ablation of the templates' order: ``wait()`` on the prefetch before
   the model's class is resolved (the order the templates had before ``model_class_of``), so the
   prefetch no longer overlaps transformers' lazy import of the model's module.
-- ``snapload_direct`` (``--source s3`` only): the template without ``SNAPLOAD_CACHE_DIR``, so no
-  prefetch: the restore fetches the URL straight into memory once the imports are done.
+- ``snapload_memory`` (``--source s3`` only): the template without ``SNAPLOAD_CACHE_DIR``: the
+  prefetch fetches the URL into memory during the imports, and the restore takes that memory.
 - ``no_weights``: the floor, not a loader: the model built on meta and given uninitialised
   parameters (``torch.empty``: untouched memory), nothing read (its answer is meaningless). ``from_pretrained``'s total over this one is the most any
   loader could gain in this template on this machine, measured in the same run ("ceiling").
@@ -254,8 +254,8 @@ def main() -> int:
                     shutil.rmtree(scratch, ignore_errors=True)
                     (scratch / "cache").mkdir(parents=True)
                     trial_env.update(SNAPLOAD_CACHE_DIR=str(scratch / "cache"), TMPDIR=str(scratch))
-                    if variant == "snapload_direct":
-                        del trial_env["SNAPLOAD_CACHE_DIR"]  # no prefetch: restored from the URL after the imports
+                    if variant == "snapload_memory":
+                        del trial_env["SNAPLOAD_CACHE_DIR"]  # prefetched into memory, no cache file
                 r = run_once(template, variant, model, Path(tmp), trial_env)
                 if args.source == "s3":
                     shutil.rmtree(Path(tmp) / "trial", ignore_errors=True)

@@ -293,7 +293,7 @@ def test_modal_class_restores_from_a_bucket_through_the_cache(demo: dict[str, An
 
 
 def test_runpod_worker_restores_from_a_bucket_without_a_cache(demo: dict[str, Any], s3: Any, bucket_model: str, tmp_path: Path) -> None:
-    """s3:// without a cache directory: no prefetch, the restore fetches the URL into memory."""
+    """s3:// without a cache directory: the prefetch fetches into memory, which the restore takes."""
     require("runpod")
     port, log = free_port(), tmp_path / "runpod.log"
     env = child_env(Path("unused"), tmp_path) | s3_env(s3, {"SNAPLOAD_MODEL": bucket_model, "SNAPLOAD_TOKENIZER": str(Path(demo["snap"]).parent)})

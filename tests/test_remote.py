@@ -6,6 +6,7 @@ wrong data."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -476,8 +477,6 @@ def test_cli_warm_fills_the_cache(http_server: RangeServer, local_snapshot, tmp_
 def test_prefetch_of_a_url_downloads_into_the_cache(http_server: RangeServer, local_snapshot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _, data, state = local_snapshot
     url = http_server.put("/prefetch/model.snap", data)
-    with pytest.raises(ValueError, match="cache_dir"):
-        snapload.prefetch(url)
     pending = snapload.prefetch(url, cache_dir=tmp_path)
     local = pending.wait()
     assert isinstance(local, str) and Path(local).read_bytes() == data
@@ -485,6 +484,41 @@ def test_prefetch_of_a_url_downloads_into_the_cache(http_server: RangeServer, lo
     assert_restored(snapload.restore(url, cache_dir=tmp_path), state)
     time.sleep(0.2)
     assert http_server.served.body_bytes == before, "restored from the cache"
+
+
+def test_prefetch_of_a_url_without_a_cache_fills_memory_for_the_next_restore(http_server: RangeServer, local_snapshot) -> None:  # type: ignore[no-untyped-def]
+    _, data, state = local_snapshot
+    url = http_server.put("/prefetch-memory/model.snap", data)
+    before = http_server.served.body_bytes
+    pending = snapload.prefetch(url)
+    assert pending.wait() == url
+    time.sleep(0.2)
+    fetched = http_server.served.body_bytes - before
+    assert fetched >= len(data)
+    restored = snapload.restore(url)  # takes the prefetched memory: not one byte more
+    assert_restored(restored, state)
+    time.sleep(0.2)
+    assert http_server.served.body_bytes - before == fetched, "restored from the prefetched memory"
+    again = snapload.restore(url)  # taken once: this one fetches, and shares nothing with the first
+    assert_restored(again, state)
+    assert http_server.served.body_bytes - before >= fetched + len(data)
+    assert again["layers.0.weight"].data_ptr() != restored["layers.0.weight"].data_ptr()
+    del pending
+    gc.collect()
+    assert_restored(restored, state)  # the tensors keep the prefetched memory alive
+
+
+def test_a_cancelled_or_failed_memory_prefetch_leaves_restore_to_fetch(http_server: RangeServer, local_snapshot) -> None:  # type: ignore[no-untyped-def]
+    _, data, state = local_snapshot
+    url = http_server.put("/prefetch-cancel/model.snap", data)
+    snapload.prefetch(url).cancel()
+    assert_restored(snapload.restore(url), state)
+    missing = http_server.url("/prefetch-cancel/nothing.snap")
+    pending = snapload.prefetch(missing)
+    with pytest.raises(FileNotFoundError):
+        pending.wait()
+    with pytest.raises(FileNotFoundError):  # the restore fetches anew and says what is wrong
+        snapload.restore(missing)
 
 
 # --- credentials ----------------------------------------------------------------------------

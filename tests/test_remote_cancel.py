@@ -49,6 +49,8 @@ def run():
         _native.fetch_to_cache(url, cache)
     elif mode == "prefetch":
         snapload.prefetch(url, cache_dir=cache).wait()
+    elif mode == "memory_prefetch":
+        snapload.prefetch(url).wait()
 
 def native_threads():
     names = []
@@ -98,7 +100,7 @@ def interrupt_when(child: subprocess.Popen[str], reached: Callable[[], bool], wh
             child.wait(timeout=30)
 
 
-@pytest.mark.parametrize("mode", ["open", "arena", "ring", "cpu_cache", "cuda_cache", "fetch_to_cache", "prefetch"])
+@pytest.mark.parametrize("mode", ["open", "arena", "ring", "cpu_cache", "cuda_cache", "fetch_to_cache", "prefetch", "memory_prefetch"])
 def test_ctrl_c_during_a_stalled_fetch_ends_promptly_and_publishes_nothing(mode: str, http_server: RangeServer, local_snapshot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     _, data, _ = local_snapshot
     http_server.put("/stalls/model.snap", data)

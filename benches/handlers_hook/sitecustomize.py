@@ -22,7 +22,7 @@ VARIANT = os.environ.get("SNAPLOAD_BENCH_VARIANT", "snapload")
 # The ablation: the template as it was before model_class_of, waiting for the prefetch first and
 # importing the model's module after (the wait is moved in front of the class import here).
 WAIT_FIRST = VARIANT == "snapload_wait_first"
-SNAPLOAD_VARIANTS = ("snapload", "snapload_wait_first", "snapload_direct")
+SNAPLOAD_VARIANTS = ("snapload", "snapload_wait_first", "snapload_memory")
 _prefetches: list["_Waited"] = []
 
 

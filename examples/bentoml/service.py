@@ -24,9 +24,7 @@ MAX_NEW_TOKENS = int(os.environ.get("SNAPLOAD_MAX_NEW_TOKENS", "512"))
 # (BentoML imports this module in each worker process, so each worker starts its own prefetch.)
 try:
     pending = snapload.prefetch(SNAPLOAD_MODEL)
-except (OSError, snapload.SnapshotError, ValueError):  # missing, unreadable, not a snapshot: __init__ reports it
-    # (ValueError: a URL without SNAPLOAD_CACHE_DIR has no local cache to prefetch into; it is
-    # restored straight from the URL instead.)
+except (OSError, snapload.SnapshotError):  # missing, unreadable, not a snapshot: __init__ reports it
     pending = None
 
 import bentoml  # noqa: E402

@@ -24,9 +24,7 @@ MAX_NEW_TOKENS = int(os.environ.get("SNAPLOAD_MAX_NEW_TOKENS", "512"))
 # machine that runs `modal deploy` imports this file too, without the snapshot: not an error there.
 try:
     pending = snapload.prefetch(SNAPLOAD_MODEL)
-except (OSError, snapload.SnapshotError, ValueError):  # the enter hook reports it (load_model raises the same)
-    # (ValueError: a URL without SNAPLOAD_CACHE_DIR has no local cache to prefetch into; it is
-    # restored straight from the URL instead.)
+except (OSError, snapload.SnapshotError):  # the enter hook reports it (load_model raises the same)
     pending = None
 
 import modal  # noqa: E402

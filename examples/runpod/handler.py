@@ -23,9 +23,7 @@ MAX_NEW_TOKENS = int(os.environ.get("SNAPLOAD_MAX_NEW_TOKENS", "512"))
 # Start pulling the snapshot into the page cache now (its header is checked first); `import torch` below overlaps the reads.
 try:
     pending = snapload.prefetch(SNAPLOAD_MODEL)
-except (OSError, snapload.SnapshotError, ValueError):  # missing, unreadable, not a snapshot: init reports it
-    # (ValueError: a URL without SNAPLOAD_CACHE_DIR has no local cache to prefetch into; it is
-    # restored straight from the URL instead.)
+except (OSError, snapload.SnapshotError):  # missing, unreadable, not a snapshot: init reports it
     pending = None
 
 import runpod  # noqa: E402

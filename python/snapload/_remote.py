@@ -22,6 +22,7 @@ drops the requests in flight, and publishes nothing.
 from __future__ import annotations
 
 import atexit
+import mmap
 import os
 import sys
 import threading
@@ -131,14 +132,21 @@ def cached_snapshot(url: str, cache_dir: str) -> tuple[_native.Snapshot, str]:
 
 def restore_cpu(url: str) -> dict[str, torch.Tensor]:
     """Fetch the whole object into one host arena (many concurrent ranged GETs, checksums
-    verified as the parts land); every tensor is a view of it, as with a mapped file."""
+    verified as the parts land); every tensor is a view of it, as with a mapped file. An
+    in-memory ``prefetch(url)`` of this process hands over its memory instead."""
     import torch
 
     from snapload._restore import tensor_table, views_of
 
-    snap = _native.Snapshot(url)
-    arena = torch.empty(snap.file_size, dtype=torch.uint8)
-    snap.fetch_into(arena.numpy())
+    prefetched = _take_prefetched(url)
+    if prefetched is not None:
+        snap, memory = prefetched
+        # The tensors keep `memory` alive (torch.frombuffer holds a reference to it).
+        arena = torch.frombuffer(memory, dtype=torch.uint8)
+    else:  # none, or it failed (the fetch below raises what is wrong, if it still is)
+        snap = _native.Snapshot(url)
+        arena = torch.empty(snap.file_size, dtype=torch.uint8)
+        snap.fetch_into(arena.numpy())
     return views_of(arena, tensor_table(snap), path=url)
 
 
@@ -246,13 +254,89 @@ class CachePrefetch:
         """Let the download go on in the background (it always does; kept for parity)."""
 
 
-def prefetch(url: str, cache_dir: str | os.PathLike[str] | None) -> CachePrefetch:
+class MemoryPrefetch:
+    """``prefetch()`` of a URL without a cache directory: a background thread fetches the whole
+    object into an anonymous memory mapping (concurrent ranged GETs, every checksum verified), and
+    the next CPU ``restore(url)`` in this process takes that memory as its arena instead of
+    fetching again (once: a second restore fetches anew, so two restores never share tensors).
+    For a handler that starts the download before ``import torch`` and has no local disk worth
+    caching on. ``wait()`` re-raises what the fetch raised and returns the URL; ``cancel()``
+    stops it and drops the memory. Like ``CachePrefetch``, a KeyboardInterrupt during ``wait()``
+    cancels the fetch first."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.error: BaseException | None = None
+        self._fetched: tuple[_native.Snapshot, mmap.mmap] | None = None
+        self._cancel = _native.CancelToken()
+        self._finished = threading.Event()  # waited on rather than joined: see CachePrefetch
+        self._thread = threading.Thread(target=self._run, name="snapload-memory-fetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            snap = _native.Snapshot(self.url)
+            # Private anonymous memory, not yet touched: the fetch's copies fault it in as they land.
+            memory = mmap.mmap(-1, snap.file_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            snap.fetch_into(memory, self._cancel)
+            self._fetched = (snap, memory)
+        except BaseException as e:  # noqa: BLE001 - handed to wait()
+            self.error = e
+        finally:
+            self._finished.set()
+
+    @property
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    def wait(self) -> str:
+        try:
+            self._finished.wait()
+        except BaseException:
+            self.cancel()
+            raise
+        if self.error is not None:
+            raise self.error
+        return self.url
+
+    def cancel(self) -> None:
+        """Stop the fetch, wait for its thread, and forget what it fetched."""
+        self._cancel.cancel()
+        self._finished.wait()
+        self._fetched = None
+        with _prefetched_lock:
+            if _prefetched.get(self.url) is self:
+                del _prefetched[self.url]
+
+    def detach(self) -> None:
+        """Let the fetch go on in the background (it always does; kept for parity)."""
+
+    def take(self) -> tuple[_native.Snapshot, mmap.mmap] | None:
+        """The fetched snapshot and its memory, once; None if the fetch failed or was cancelled."""
+        self._finished.wait()
+        fetched, self._fetched = self._fetched, None
+        return fetched
+
+
+# URL -> its in-memory prefetch, until a CPU restore takes it.
+_prefetched: dict[str, MemoryPrefetch] = {}
+_prefetched_lock = threading.Lock()
+
+
+def prefetch(url: str, cache_dir: str | os.PathLike[str] | None) -> CachePrefetch | MemoryPrefetch:
     directory = cache_dir_for(cache_dir)
-    if directory is None:
-        raise ValueError(
-            f"{url}: prefetching a URL fills the local cache: pass cache_dir= or set {CACHE_ENV}"
-        )
-    return CachePrefetch(url, directory)
+    if directory is not None:
+        return CachePrefetch(url, directory)
+    pending = MemoryPrefetch(url)
+    with _prefetched_lock:
+        _prefetched[url] = pending
+    return pending
+
+
+def _take_prefetched(url: str) -> tuple[_native.Snapshot, mmap.mmap] | None:
+    with _prefetched_lock:
+        pending = _prefetched.pop(url, None)
+    return pending.take() if pending is not None else None
 
 
 def warm_url(url: str) -> str:

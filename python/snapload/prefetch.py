@@ -29,7 +29,7 @@ def prefetch(
     background: bool = True,
     validate: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
-) -> _native.Prefetch | _remote.CachePrefetch:
+) -> _native.Prefetch | _remote.CachePrefetch | _remote.MemoryPrefetch:
     """Start pulling ``path`` into the page cache and return at once; ``.wait()`` blocks until
     done, ``.bytes_done`` tells progress. Dropping the handle cancels what is left.
 
@@ -48,9 +48,11 @@ def prefetch(
     brought it in, so that first-access costs (hypervisor faults in a microVM) are paid here rather
     than in the first forward pass. Measured in docs/benchmarks.md (end-to-end cold start).
 
-    A URL (``s3://``, ``https://``) is downloaded into ``cache_dir`` (or ``SNAPLOAD_CACHE_DIR``)
-    by a background thread; ``restore(url, cache_dir=...)`` then reads the local copy."""
-    if _remote.is_url(path):  # a URL is prefetched into the cache (docs/remote.md)
+    A URL (``s3://``, ``https://``) is downloaded by a background thread: into ``cache_dir`` (or
+    ``SNAPLOAD_CACHE_DIR``), from where ``restore(url, cache_dir=...)`` then reads the local copy;
+    without a cache directory, into memory, which the next CPU ``restore(url)`` of this process
+    takes as its arena (docs/remote.md)."""
+    if _remote.is_url(path):
         return _remote.prefetch(os.fspath(path), cache_dir)
     if validate:
         validate_snapshot(path)

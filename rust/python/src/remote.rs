@@ -42,6 +42,12 @@ impl PyCancelToken {
     }
 }
 
+impl PyCancelToken {
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.flag.clone()
+    }
+}
+
 /// The local, verified copy of `url` in `cache_dir`: `(path, downloaded)`. Several processes
 /// asking at once share one download (a lock per entry). Ctrl-C, or `cancel` being set, stops
 /// it: no file is published and the lock is released.
@@ -62,7 +68,7 @@ pub fn is_url(path: &str) -> bool {
 
 /// Fill `buffer` (writable, C-contiguous, exactly the snapshot's size) with the whole file,
 /// checking every tensor's checksum as the parts arrive.
-pub fn fetch_into(py: Python<'_>, snapshot: &PySnapshot, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
+pub fn fetch_into(py: Python<'_>, snapshot: &PySnapshot, buffer: &Bound<'_, PyAny>, cancel: Arc<AtomicBool>) -> PyResult<()> {
     let buf = PyBuffer::<u8>::get(buffer)?;
     if buf.readonly() || !buf.is_c_contiguous() {
         return Err(PyValueError::new_err("fetch_into needs a writable, C-contiguous byte buffer"));
@@ -70,7 +76,7 @@ pub fn fetch_into(py: Python<'_>, snapshot: &PySnapshot, buffer: &Bound<'_, PyAn
     let (addr, len) = (buf.buf_ptr() as usize, buf.len_bytes());
     let snap = snapshot.inner().clone();
     let options = RemoteOptions::from_env();
-    without_gil_interruptible(py, "Snapshot.fetch_into", &AtomicBool::new(false), move |cancel| {
+    without_gil_interruptible(py, "Snapshot.fetch_into", &cancel, move |cancel| {
         // SAFETY: `buf` holds the exporter's buffer (and a reference to its owner) until it is
         // dropped after this call returns, and the helper thread running this is joined before
         // the call returns (on Ctrl-C too); the exporter said it is writable and C-contiguous, so

@@ -57,9 +57,11 @@ impl PySnapshot {
         self.inner.is_remote()
     }
 
-    /// Fetch the whole file into `buffer` (writable, exactly `file_size` bytes), verified.
-    fn fetch_into(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<()> {
-        crate::remote::fetch_into(py, self, buffer)
+    /// Fetch the whole file into `buffer` (writable, exactly `file_size` bytes), verified. Ctrl-C,
+    /// or `cancel` being set (by another thread: a background prefetch), stops it.
+    #[pyo3(signature = (buffer, cancel=None))]
+    fn fetch_into(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>, cancel: Option<PyRef<'_, crate::remote::PyCancelToken>>) -> PyResult<()> {
+        crate::remote::fetch_into(py, self, buffer, cancel.map(|c| c.flag()).unwrap_or_default())
     }
 
     #[getter]
