@@ -202,29 +202,26 @@ def verify(url: str, threads: int = 0) -> tuple[int, int]:
     return len(snap.tensors()), counts["bytes"]
 
 
-class CachePrefetch:
-    """``prefetch()`` of a URL: a background thread fetches it into the cache directory (shared
-    with any other process doing the same), so that a later ``restore(url, cache_dir=...)``
-    finds it local. ``wait()`` re-raises what the download raised; ``cancel()`` stops it (no file
-    is published). A KeyboardInterrupt during ``wait()`` cancels the download before it
-    propagates: only the main thread sees Ctrl-C, so the download must be told."""
+class _BackgroundFetch:
+    """A download on a daemon thread, for ``prefetch()`` of a URL. ``wait()`` re-raises what the
+    download raised; ``cancel()`` stops it. A KeyboardInterrupt during ``wait()`` cancels the
+    download before it propagates: only the main thread sees Ctrl-C, so the download must be told."""
 
-    def __init__(self, url: str, cache_dir: str) -> None:
-        import threading
-
+    def __init__(self, url: str, thread_name: str) -> None:
         self.url = url
-        self.path: str | None = None
         self.error: BaseException | None = None
         self._cancel = _native.CancelToken()
         # Waited on instead of Thread.join: on Python 3.11 a join interrupted by Ctrl-C marks the
         # thread stopped while it still runs (bpo-45274's fix), so a second join returns at once.
         self._finished = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(url, cache_dir), name="snapload-cache-fetch", daemon=True)
-        self._thread.start()
+        self._thread = threading.Thread(target=self._main, name=thread_name, daemon=True)
 
-    def _run(self, url: str, cache_dir: str) -> None:
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _main(self) -> None:
         try:
-            self.path = _native.fetch_to_cache(url, cache_dir, self._cancel)[0]
+            self._run()
         except BaseException as e:  # noqa: BLE001 - handed to wait()
             self.error = e
         finally:
@@ -234,7 +231,7 @@ class CachePrefetch:
     def done(self) -> bool:
         return self._finished.is_set()
 
-    def wait(self) -> str:
+    def _wait(self) -> None:
         try:
             self._finished.wait()
         except BaseException:
@@ -242,8 +239,6 @@ class CachePrefetch:
             raise
         if self.error is not None:
             raise self.error
-        assert self.path is not None
-        return self.path
 
     def cancel(self) -> None:
         """Stop the download and wait for its thread (moments: requests in flight are dropped)."""
@@ -254,62 +249,56 @@ class CachePrefetch:
         """Let the download go on in the background (it always does; kept for parity)."""
 
 
-class MemoryPrefetch:
-    """``prefetch()`` of a URL without a cache directory: a background thread fetches the whole
-    object into an anonymous memory mapping (concurrent ranged GETs, every checksum verified), and
-    the next CPU ``restore(url)`` in this process takes that memory as its arena instead of
-    fetching again (once: a second restore fetches anew, so two restores never share tensors).
-    For a handler that starts the download before ``import torch`` and has no local disk worth
-    caching on. ``wait()`` re-raises what the fetch raised and returns the URL; ``cancel()``
-    stops it and drops the memory. Like ``CachePrefetch``, a KeyboardInterrupt during ``wait()``
-    cancels the fetch first."""
+class CachePrefetch(_BackgroundFetch):
+    """``prefetch()`` of a URL with a cache directory: fetched into it (shared with any other
+    process doing the same), so that a later ``restore(url, cache_dir=...)`` finds it local.
+    ``wait()`` returns the published file's path; after ``cancel()`` no file is published."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.error: BaseException | None = None
-        self._fetched: tuple[_native.Snapshot, mmap.mmap] | None = None
-        self._cancel = _native.CancelToken()
-        self._finished = threading.Event()  # waited on rather than joined: see CachePrefetch
-        self._thread = threading.Thread(target=self._run, name="snapload-memory-fetch", daemon=True)
+    def __init__(self, url: str, cache_dir: str) -> None:
+        super().__init__(url, "snapload-cache-fetch")
+        self.path: str | None = None
+        self._cache_dir = cache_dir
         self._thread.start()
 
     def _run(self) -> None:
-        try:
-            snap = _native.Snapshot(self.url)
-            # Private anonymous memory, not yet touched: the fetch's copies fault it in as they land.
-            memory = mmap.mmap(-1, snap.file_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            snap.fetch_into(memory, self._cancel)
-            self._fetched = (snap, memory)
-        except BaseException as e:  # noqa: BLE001 - handed to wait()
-            self.error = e
-        finally:
-            self._finished.set()
-
-    @property
-    def done(self) -> bool:
-        return self._finished.is_set()
+        self.path = _native.fetch_to_cache(self.url, self._cache_dir, self._cancel)[0]
 
     def wait(self) -> str:
-        try:
-            self._finished.wait()
-        except BaseException:
-            self.cancel()
-            raise
-        if self.error is not None:
-            raise self.error
+        self._wait()
+        assert self.path is not None
+        return self.path
+
+
+class MemoryPrefetch(_BackgroundFetch):
+    """``prefetch()`` of a URL without a cache directory: the whole object fetched into an
+    anonymous memory mapping (concurrent ranged GETs, every checksum verified), which the next CPU
+    ``restore(url)`` in this process takes as its arena instead of fetching again (once: a second
+    restore fetches anew, so two restores never share tensors). For a handler that starts the
+    download before ``import torch`` and has no local disk worth caching on. ``wait()`` returns
+    the URL; ``cancel()`` also drops the memory."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, "snapload-memory-fetch")
+        self._fetched: tuple[_native.Snapshot, mmap.mmap] | None = None
+        self._thread.start()
+
+    def _run(self) -> None:
+        snap = _native.Snapshot(self.url)
+        # Private anonymous memory, not yet touched: the fetch's copies fault it in as they land.
+        memory = mmap.mmap(-1, snap.file_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        snap.fetch_into(memory, self._cancel)
+        self._fetched = (snap, memory)
+
+    def wait(self) -> str:
+        self._wait()
         return self.url
 
     def cancel(self) -> None:
-        """Stop the fetch, wait for its thread, and forget what it fetched."""
-        self._cancel.cancel()
-        self._finished.wait()
+        super().cancel()
         self._fetched = None
         with _prefetched_lock:
             if _prefetched.get(self.url) is self:
                 del _prefetched[self.url]
-
-    def detach(self) -> None:
-        """Let the fetch go on in the background (it always does; kept for parity)."""
 
     def take(self) -> tuple[_native.Snapshot, mmap.mmap] | None:
         """The fetched snapshot and its memory, once; None if the fetch failed or was cancelled."""
