@@ -21,13 +21,21 @@ TOKENIZER = os.environ.get("SNAPLOAD_TOKENIZER") or ("" if "://" in SNAPLOAD_MOD
 MAX_NEW_TOKENS = int(os.environ.get("SNAPLOAD_MAX_NEW_TOKENS", "512"))
 
 # Start pulling the snapshot into the page cache now (its header is checked first); `import torch` below overlaps the reads.
-# (BentoML imports this module in each worker process, so each worker starts its own prefetch.)
+# (BentoML imports this module in each worker process, so each worker starts its own prefetch; see
+# below for the serving process.)
 try:
     pending = snapload.prefetch(SNAPLOAD_MODEL)
 except (OSError, snapload.SnapshotError):  # missing, unreadable, not a snapshot: __init__ reports it
     pending = None
 
 import bentoml  # noqa: E402
+
+if pending is not None and "://" in SNAPLOAD_MODEL and not os.environ.get("SNAPLOAD_CACHE_DIR") and bentoml.server_context.worker_index is None:
+    # `bentoml serve` imports this module in its own process too, before it starts the workers. A
+    # URL prefetched into this process's memory is of no use to them (a file or a cache directory
+    # is: they share the page cache and the cache entry), so stop that download here.
+    pending.cancel()
+
 import snapload.hf  # noqa: E402  (imports torch and transformers)
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
