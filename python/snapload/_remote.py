@@ -81,8 +81,6 @@ os.register_at_fork(after_in_child=_forget_the_parents_publishing)
 
 def _publish_in_background(entry: _native.CacheEntry) -> None:
     with _publishing_lock:
-        if not _publishing:
-            atexit.register(_publish_before_exit)  # once per batch; a second call finds nothing
         entry.publish_in_background()
         _publishing.append(entry)
 
@@ -112,6 +110,9 @@ def _publish_before_exit() -> None:
         wait_for_cache()
     except Exception as e:  # noqa: BLE001 - at exit a failure can only be reported
         print(f"snapload: a cache file was not published: {e}", file=sys.stderr)
+
+
+atexit.register(_publish_before_exit)  # nothing to do, at once, when nothing is being published
 
 
 def cached_snapshot(url: str, cache_dir: str) -> tuple[_native.Snapshot, str]:
