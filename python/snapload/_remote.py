@@ -55,14 +55,6 @@ def fetch_to_cache(url: str, cache_dir: str | os.PathLike[str]) -> tuple[str, bo
     return os.fspath(path), downloaded
 
 
-def local_path(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
-    """``path`` itself, or for a URL with a cache directory, its cached local copy."""
-    directory = cache_dir_for(cache_dir)
-    if is_url(path) and directory is not None:
-        return fetch_to_cache(os.fspath(path), directory)[0]
-    return path
-
-
 # Cache entries this process is publishing in the background (see the module doc).
 _publishing: list[_native.CacheEntry] = []
 _publishing_lock = threading.Lock()
@@ -175,9 +167,7 @@ def restore_cuda_through_cache(
 def restore(url: str, device: torch.device, *, threads: int, cuda_options: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Restore a URL without a cache: CPU into a host arena, CUDA through the pinned ring (the
     pipeline reads remote snapshots with ranged GETs and always verifies them)."""
-    if device.type == "cpu":
-        if cuda_options:
-            raise TypeError(f"options {sorted(cuda_options)} apply to CUDA restores only")
+    if device.type == "cpu":  # restore() refused CUDA options for the CPU already
         return restore_cpu(url)
     from snapload import cuda
 

@@ -90,33 +90,27 @@ def restore(
     ``verify=True`` reads every page anyway.
     """
     dev = torch.device(device)
-    directory = _remote.cache_dir_for(cache_dir)
-    if dev.type == "cuda" and directory is not None and _remote.is_url(path):
-        # The device copies overlap the download; the cache file is written on the way.
-        if populate != "auto":
-            raise TypeError("populate applies to CPU restores; CUDA restores read every byte")
-        return _remote.restore_cuda_through_cache(
-            os.fspath(path), dev, directory, verify=verify, threads=threads, cuda_options=cuda_options
-        )
-    if dev.type == "cpu" and directory is not None and _remote.is_url(path):
-        if cuda_options:
-            raise TypeError(f"options {sorted(cuda_options)} apply to CUDA restores only")
-        # Fetched into the entry's file and mapped; published in the background meanwhile.
-        local, final_path = _remote.cached_snapshot(os.fspath(path), directory)
-        return restore_cpu(local, verify=verify, threads=threads, populate=populate, name=final_path)
-    path = _remote.local_path(path, cache_dir)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"restore() supports 'cpu' and 'cuda[:N]' devices, not {str(dev)!r}")
+    if dev.type == "cpu" and cuda_options:
+        raise TypeError(f"options {sorted(cuda_options)} apply to CUDA restores only")
+    if dev.type == "cuda" and populate != "auto":
+        raise TypeError("populate applies to CPU restores; CUDA restores read every byte")
     if _remote.is_url(path):
-        if populate != "auto" and dev.type == "cpu":
-            raise TypeError("populate applies to mapped files; a URL without a cache is fetched whole")
-        return _remote.restore(os.fspath(path), dev, threads=threads, cuda_options=cuda_options)
+        url = os.fspath(path)
+        directory = _remote.cache_dir_for(cache_dir)
+        if directory is None:
+            if populate != "auto":
+                raise TypeError("populate applies to mapped files; a URL without a cache is fetched whole")
+            return _remote.restore(url, dev, threads=threads, cuda_options=cuda_options)
+        if dev.type == "cuda":
+            # The device copies overlap the download; the cache file is written on the way.
+            return _remote.restore_cuda_through_cache(url, dev, directory, verify=verify, threads=threads, cuda_options=cuda_options)
+        # Fetched into the entry's file and mapped; published in the background meanwhile.
+        local, final_path = _remote.cached_snapshot(url, directory)
+        return restore_cpu(local, verify=verify, threads=threads, populate=populate, name=final_path)
     if dev.type == "cpu":
-        if cuda_options:
-            raise TypeError(f"options {sorted(cuda_options)} apply to CUDA restores only")
         return restore_cpu(path, verify=verify, threads=threads, populate=populate)
-    if dev.type == "cuda":
-        from snapload import cuda
+    from snapload import cuda
 
-        if populate != "auto":
-            raise TypeError("populate applies to CPU restores; CUDA restores read every byte")
-        return cuda.restore(path, dev, verify=verify, threads=threads, **cuda_options)
-    raise ValueError(f"restore() supports 'cpu' and 'cuda[:N]' devices, not {str(dev)!r}")
+    return cuda.restore(path, dev, verify=verify, threads=threads, **cuda_options)

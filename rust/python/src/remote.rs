@@ -43,6 +43,7 @@ impl PyCancelToken {
 }
 
 impl PyCancelToken {
+    /// The flag, for a native call that takes the token.
     pub fn flag(&self) -> Arc<AtomicBool> {
         self.flag.clone()
     }
@@ -55,7 +56,7 @@ impl PyCancelToken {
 #[pyo3(signature = (url, cache_dir, cancel=None))]
 pub fn fetch_to_cache(py: Python<'_>, url: String, cache_dir: PathBuf, cancel: Option<PyRef<'_, PyCancelToken>>) -> PyResult<(String, bool)> {
     let options = RemoteOptions::from_env();
-    let flag = cancel.map(|c| c.flag.clone()).unwrap_or_default();
+    let flag = cancel.map(|c| c.flag()).unwrap_or_default();
     let c = without_gil_interruptible(py, "fetch_to_cache", &flag, |cancel| remote::fetch_to_cache(&url, &cache_dir, &options, cancel))?;
     Ok((c.path.to_string_lossy().into_owned(), c.downloaded))
 }
